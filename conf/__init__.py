@@ -1,0 +1,1 @@
+# Hydra config groups of kan-lightning (shipped as kan_lightning.conf).

@@ -1,0 +1,7 @@
+"""Lightning pieces: the regression module, KAN callbacks and schedules."""
+
+from .callbacks import GridUpdate
+from .module import KANRegressor
+from .schedulers import warmup_cosine
+
+__all__ = ["GridUpdate", "KANRegressor", "warmup_cosine"]

@@ -1,0 +1,246 @@
+"""KANLayer: a learnable 1-D function on every edge, ``phi(x) = w_b * b(x) + w_s * spline(x)``."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .activations import make_activation
+from .splines import (
+    bspline_basis,
+    bspline_basis_reference,
+    extend_knots,
+    fit_coefficients,
+    uniform_grid,
+)
+
+
+def check_grid_args(grid_size: int, spline_order: int, grid_range: Sequence[float]) -> tuple[float, float]:
+    """Validate the spline hyperparameters; returns ``grid_range`` as a float pair."""
+    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
+        raise ValueError(f"grid_size must be an integer >= 1, got {grid_size!r}")
+    if isinstance(spline_order, bool) or not isinstance(spline_order, int) or spline_order < 0:
+        raise ValueError(f"spline_order must be an integer >= 0, got {spline_order!r}")
+    try:
+        lo, hi = (float(v) for v in grid_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid_range must be a pair (low, high), got {grid_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+        raise ValueError(f"grid_range must be finite with low < high, got {grid_range!r}")
+    return lo, hi
+
+
+class KANLayer(nn.Module):
+    """One KAN layer mapping ``in_features`` to ``out_features``.
+
+    Edge ``(j, i)`` computes ``base_weight[j, i] * base_activation(x_i)
+    + spline_scaler[j, i] * sum_m spline_weight[j, i, m] * B_m(x_i)`` and output ``j`` sums
+    its edges. ``mask`` (a buffer of ones) switches edges off after pruning.
+
+    Args:
+        grid_size: number of grid intervals ``G`` on ``grid_range``.
+        spline_order: B-spline order ``k`` (3 = cubic); each edge has ``G + k`` coefficients.
+        scale_noise: spread of the random initial spline coefficients (divided by ``G``).
+        scale_base: gain of the Xavier-uniform initial base weights.
+        scale_spline: initial value of the per-edge spline scale.
+        base_activation: ``b(x)`` of the base branch: a name (``"silu"``), class or module.
+        grid_eps: in :meth:`update_grid`, weight of the uniform grid against the data
+            quantiles (1 = uniform, 0 = fully adaptive).
+        basis: ``"fast"`` (only the ``k + 1`` non-zero bases) or ``"reference"`` (full
+            Cox-de Boor recursion; for tests and benchmarks).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        grid_size: int = 5,
+        spline_order: int = 3,
+        grid_range: Sequence[float] = (-1.0, 1.0),
+        scale_noise: float = 0.1,
+        scale_base: float = 1.0,
+        scale_spline: float = 1.0,
+        base_activation: str | type | nn.Module = "silu",
+        grid_eps: float = 0.02,
+        basis: str = "fast",
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        lo, hi = check_grid_args(grid_size, spline_order, grid_range)
+        if not 0.0 <= grid_eps <= 1.0:
+            raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps!r}")
+        if basis not in ("fast", "reference"):
+            raise ValueError(f"basis must be 'fast' or 'reference', got {basis!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.grid_size = grid_size
+        self.spline_order = spline_order
+        self.grid_eps = grid_eps
+        self.basis = basis
+        # Whether the knots are equally spaced (enables the closed-form basis kernel).
+        self.uniform_grid = True
+
+        self.register_buffer("grid", uniform_grid(in_features, grid_size, spline_order, (lo, hi)))
+        self.register_buffer("mask", torch.ones(out_features, in_features))
+        self.base_weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order))
+        self.spline_scaler = nn.Parameter(torch.empty(out_features, in_features))
+        self.base_activation = make_activation(base_activation)
+        self.reset_parameters(scale_noise, scale_base, scale_spline)
+
+    @torch.no_grad()
+    def reset_parameters(self, scale_noise: float = 0.1, scale_base: float = 1.0, scale_spline: float = 1.0) -> None:
+        nn.init.xavier_uniform_(self.base_weight, gain=scale_base)
+        self.spline_weight.uniform_(-0.5, 0.5).mul_(scale_noise / self.grid_size)
+        self.spline_scaler.fill_(scale_spline)
+
+    @property
+    def num_bases(self) -> int:
+        return self.grid.shape[-1] - self.spline_order - 1
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"grid_size={self.grid_size}, spline_order={self.spline_order}"
+        )
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def _check_input(self, x: Tensor) -> Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"KANLayer expects inputs of shape (..., {self.in_features}), got {tuple(x.shape)}"
+            )
+        return x.reshape(-1, self.in_features)
+
+    def bases(self, x: Tensor) -> Tensor:
+        """B-spline bases of the flattened inputs: ``(N, in, G + k)``."""
+        if self.basis == "reference":
+            return bspline_basis_reference(x, self.grid, self.spline_order)
+        return bspline_basis(x, self.grid, self.spline_order, uniform=self.uniform_grid)
+
+    def scaled_coefficients(self) -> Tensor:
+        """Spline coefficients with the per-edge scale and mask folded in: ``(out, in, G + k)``."""
+        return self.spline_weight * (self.spline_scaler * self.mask).unsqueeze(-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        flat = self._check_input(x)
+        base = self.base_activation(flat) @ (self.base_weight * self.mask).T
+        spline = self.bases(flat).flatten(1) @ self.scaled_coefficients().flatten(1).T
+        return (base + spline).reshape(*shape[:-1], self.out_features)
+
+    def spline_values(self, x: Tensor) -> Tensor:
+        """Unscaled ``sum_m c[j, i, m] B_m(x_i)`` per edge: ``(N, out, in)``."""
+        return torch.einsum("nim,oim->noi", self.bases(x), self.spline_weight)
+
+    def edge_activations(self, x: Tensor) -> Tensor:
+        """Every edge function at the given inputs: ``phi[n, j, i] = phi_{j,i}(x[n, i])``.
+
+        Summing over the last dimension gives :meth:`forward`.
+        """
+        flat = self._check_input(x)
+        base = self.base_activation(flat).unsqueeze(1) * self.base_weight
+        spline = self.spline_values(flat) * self.spline_scaler
+        return (base + spline) * self.mask
+
+    # -- grids ------------------------------------------------------------------------------
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A saved layer may have an extended grid: take its shape, then detect uniform spacing
+        # (a Python flag, so the kernel choice stays static for torch.compile).
+        grid = state_dict.get(prefix + "grid")
+        if grid is not None and grid.shape != self.grid.shape:
+            self.grid = torch.empty_like(grid, dtype=self.grid.dtype, device=self.grid.device)
+            n_bases = grid.shape[-1] - self.spline_order - 1
+            self.spline_weight = nn.Parameter(self.spline_weight.new_empty(self.out_features, self.in_features, n_bases))
+            self.grid_size = n_bases - self.spline_order
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if grid is not None:
+            self.uniform_grid = is_uniform(grid)
+
+    def _refit(self, x: Tensor, new_grid: Tensor, uniform: bool) -> None:
+        """Switch to ``new_grid``, refitting coefficients to the current splines at ``x``."""
+        with torch.no_grad():
+            target = self.spline_values(x)
+            coef = fit_coefficients(x, target, new_grid, self.spline_order)
+            self.grid = new_grid.to(self.grid)
+            self.grid_size = new_grid.shape[-1] - 2 * self.spline_order - 1
+            self.uniform_grid = uniform
+            if coef.shape == self.spline_weight.shape:
+                self.spline_weight.copy_(coef)
+            else:
+                # A new Parameter: optimizers holding the old one must be rebuilt.
+                self.spline_weight = nn.Parameter(coef.to(self.spline_weight))
+
+    def update_grid(self, x: Tensor, grid_eps: float | None = None) -> None:
+        """Move the knots toward the quantiles of ``x`` (``(N, in)``), keeping the functions.
+
+        The interior knots become ``eps * uniform + (1 - eps) * quantiles`` over the data's
+        range, the outer knots continue with the edge spacing, and the coefficients are refit by
+        least squares so the edge functions at ``x`` change as little as possible.
+        """
+        eps = self.grid_eps if grid_eps is None else grid_eps
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"grid_eps must be in [0, 1], got {eps!r}")
+        x = self._check_input(x).detach()
+        with torch.no_grad():
+            xs = x.to(self.grid.dtype).sort(dim=0).values.T  # (in, N)
+            n = xs.shape[1]
+            idx = torch.linspace(0, n - 1, self.grid_size + 1, device=x.device).round().long()
+            adaptive = xs[:, idx]
+            lo, hi = xs[:, :1], xs[:, -1:]
+            steps = torch.arange(self.grid_size + 1, dtype=xs.dtype, device=x.device)
+            uniform = lo + (hi - lo) / self.grid_size * steps
+            interior = eps * uniform + (1 - eps) * adaptive
+            degenerate = (hi - lo) <= 0  # a constant input: keep a unit-width uniform grid
+            interior = torch.where(degenerate, lo + (steps - self.grid_size / 2) / self.grid_size, interior)
+            # Bases are half-open on the right: with k = 0 the last knot must lie above the data.
+            interior[:, -1:] = torch.nextafter(interior[:, -1:], torch.full_like(interior[:, -1:], math.inf))
+            new_grid = extend_knots(interior, self.spline_order)
+        self._refit(x, new_grid, uniform=eps == 1.0)
+
+    def grid_interior(self) -> Tensor:
+        """The ``G + 1`` knots spanning the grid range: ``(in, G + 1)``."""
+        k = self.spline_order
+        return self.grid[:, k : self.grid.shape[-1] - k]
+
+    def extend_grid(self, new_grid_size: int, samples_per_basis: int = 8) -> None:
+        """Refine (or coarsen) the grid to ``new_grid_size`` intervals on the same range.
+
+        New knots follow the current interior knots piecewise linearly (so an adapted grid keeps
+        its shape and a uniform refinement by an integer factor contains the old knots); the
+        coefficients are refit by least squares on dense samples of the grid range.
+        """
+        check_grid_args(new_grid_size, self.spline_order, (0, 1))
+        with torch.no_grad():
+            interior = self.grid_interior()
+            old = torch.linspace(0, 1, interior.shape[-1], dtype=torch.float64, device=interior.device)
+            new = torch.linspace(0, 1, new_grid_size + 1, dtype=torch.float64, device=interior.device)
+            new_interior = _interp_rows(new, old, interior.double())
+            new_grid = extend_knots(new_interior, self.spline_order)
+            n = max(samples_per_basis * (new_grid_size + self.spline_order), 64)
+            u = torch.linspace(0, 1, n, dtype=torch.float64, device=interior.device)
+            x = _interp_rows(u, old, interior.double()).T.contiguous()  # (n, in)
+            x[-1] = x[-1].nextafter(x[0])  # half-open bases: with k = 0 the end is outside
+        self._refit(x.to(self.grid.dtype), new_grid, uniform=self.uniform_grid)
+
+
+def is_uniform(grid: Tensor) -> bool:
+    """Whether every row of knots is equally spaced, up to the rounding of the grid's dtype."""
+    steps = grid.diff(dim=-1).double()
+    tol = 64 * torch.finfo(grid.dtype).eps * grid.abs().amax().double().clamp(min=1)
+    return bool(((steps - steps[:, :1]).abs() <= tol).all())
+
+
+def _interp_rows(query: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear interpolation of each row of ``fp`` (on shared ``xp``) at ``query``."""
+    idx = torch.searchsorted(xp, query, right=True).clamp(1, xp.numel() - 1)
+    x0, x1 = xp[idx - 1], xp[idx]
+    w = (query - x0) / (x1 - x0)
+    return fp[:, idx - 1] * (1 - w) + fp[:, idx] * w
