@@ -45,6 +45,7 @@ def build_module(cfg: DictConfig, model: torch.nn.Module) -> KANRegressor:
         scheduler=instantiate(cfg.scheduler.factory) if cfg.scheduler.get("factory") else None,
         scheduler_interval=cfg.scheduler.interval,
         scheduler_monitor=cfg.scheduler.monitor,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
     )
 
 
@@ -55,8 +56,8 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The swept-over sections of the config, flattened to ``section/key`` scalars for
     TensorBoard's hparams view (lists become strings)."""
-    sections = {k: cfg.get(k) for k in ("model", "data", "optimizer", "scheduler")}
-    container = OmegaConf.to_container(OmegaConf.create(sections), resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    container = {k: resolved.get(k) for k in ("model", "data", "optimizer", "scheduler")}
     flat: dict[str, Any] = {"seed": cfg.seed}
 
     def walk(prefix: str, node: Any) -> None:

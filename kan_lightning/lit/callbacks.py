@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -61,3 +64,31 @@ class GridUpdate(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.updates = state_dict.get("updates", 0)
+
+
+class LastCheckpoint(L.Callback):
+    """Write ``<dirpath>/last.ckpt`` at the end of every training epoch, atomically (a kill
+    while writing leaves the previous file intact). Lightning's ``save_last`` only refreshes
+    it when a top-k checkpoint is saved, which is not enough to resume a killed run."""
+
+    FILENAME = "last.ckpt"
+
+    def __init__(self, dirpath: str, every_n_epochs: int = 1) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs!r}")
+        self.dirpath = Path(dirpath)
+        self.every_n_epochs = every_n_epochs
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / self.FILENAME
+
+    def save(self, trainer: L.Trainer) -> None:
+        tmp = self.path.with_suffix(".ckpt.tmp")
+        trainer.save_checkpoint(tmp)  # a collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.save(trainer)

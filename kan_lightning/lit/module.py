@@ -42,6 +42,8 @@ class KANRegressor(L.LightningModule):
         scheduler: a factory ``scheduler(optimizer) -> LRScheduler`` or ``None``.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         scheduler_monitor: the metric a ReduceLROnPlateau-style scheduler watches.
+        run_config: the resolved run configuration, stored in checkpoints so that evaluation
+            can rebuild the data without the original command line.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class KANRegressor(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         scheduler_monitor: str = "val/loss",
+        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
@@ -60,6 +63,7 @@ class KANRegressor(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
+        self.run_config = run_config
         self.register_buffer("y_mean", torch.zeros(()))
         self.register_buffer("y_std", torch.ones(()))
         # ModuleDict keys must not shadow Module attributes such as ``train``.
@@ -73,8 +77,12 @@ class KANRegressor(L.LightningModule):
     def setup(self, stage: str) -> None:
         normalization = getattr(getattr(self.trainer, "datamodule", None), "normalization", None)
         if normalization:
-            self.y_mean.copy_(torch.as_tensor(normalization["y_mean"]).squeeze())
-            self.y_std.copy_(torch.as_tensor(normalization["y_std"]).squeeze())
+            self.set_target_normalization(normalization)
+
+    def set_target_normalization(self, normalization: dict[str, Tensor]) -> None:
+        """Take the datamodule's target standardization (``y_mean``, ``y_std``)."""
+        self.y_mean.copy_(torch.as_tensor(normalization["y_mean"]).squeeze())
+        self.y_std.copy_(torch.as_tensor(normalization["y_std"]).squeeze())
 
     def denormalize(self, y: Tensor) -> Tensor:
         return y * self.y_std + self.y_mean
@@ -136,4 +144,5 @@ class KANRegressor(L.LightningModule):
         checkpoint["kan_lightning"] = {
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
             "model_config": dict(getattr(self.model, "config", {})),
+            "run_config": self.run_config,
         }
