@@ -164,11 +164,18 @@ class KANLayer(nn.Module):
         if grid is not None:
             self.uniform_grid = is_uniform(grid)
 
-    def _refit(self, x: Tensor, new_grid: Tensor, uniform: bool) -> None:
+    def _apply(self, fn, *args, **kwargs):
+        # A dtype change can make rounded knots unequal at the new precision: re-detect, so the
+        # closed-form kernel is used only where it is exact.
+        module = super()._apply(fn, *args, **kwargs)
+        self.uniform_grid = self.uniform_grid and is_uniform(self.grid)
+        return module
+
+    def _refit(self, x: Tensor, new_grid: Tensor, uniform: bool, ridge: float = 1e-8) -> None:
         """Switch to ``new_grid``, refitting coefficients to the current splines at ``x``."""
         with torch.no_grad():
             target = self.spline_values(x)
-            coef = fit_coefficients(x, target, new_grid, self.spline_order)
+            coef = fit_coefficients(x, target, new_grid, self.spline_order, ridge=ridge)
             self.grid = new_grid.to(self.grid)
             self.grid_size = new_grid.shape[-1] - 2 * self.spline_order - 1
             self.uniform_grid = uniform
@@ -178,30 +185,35 @@ class KANLayer(nn.Module):
                 # A new Parameter: optimizers holding the old one must be rebuilt.
                 self.spline_weight = nn.Parameter(coef.to(self.spline_weight))
 
-    def update_grid(self, x: Tensor, grid_eps: float | None = None) -> None:
+    def update_grid(self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None) -> None:
         """Move the knots toward the quantiles of ``x`` (``(N, in)``), keeping the functions.
 
         The interior knots become ``eps * uniform + (1 - eps) * quantiles`` over the data's
         range, the outer knots continue with the edge spacing, and the coefficients are refit by
         least squares so the edge functions at ``x`` change as little as possible.
+        ``grid_size`` also changes the number of intervals (grid extension fitted on data).
         """
         eps = self.grid_eps if grid_eps is None else grid_eps
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {eps!r}")
+        size = self.grid_size if grid_size is None else grid_size
+        check_grid_args(size, self.spline_order, (0, 1))
         x = self._check_input(x).detach()
         with torch.no_grad():
             xs = x.to(self.grid.dtype).sort(dim=0).values.T  # (in, N)
             n = xs.shape[1]
-            idx = torch.linspace(0, n - 1, self.grid_size + 1, device=x.device).round().long()
+            idx = torch.linspace(0, n - 1, size + 1, device=x.device).round().long()
             adaptive = xs[:, idx]
             lo, hi = xs[:, :1], xs[:, -1:]
-            steps = torch.arange(self.grid_size + 1, dtype=xs.dtype, device=x.device)
-            uniform = lo + (hi - lo) / self.grid_size * steps
+            steps = torch.arange(size + 1, dtype=xs.dtype, device=x.device)
+            uniform = lo + (hi - lo) / size * steps
             interior = eps * uniform + (1 - eps) * adaptive
             degenerate = (hi - lo) <= 0  # a constant input: keep a unit-width uniform grid
-            interior = torch.where(degenerate, lo + (steps - self.grid_size / 2) / self.grid_size, interior)
-            # Bases are half-open on the right: with k = 0 the last knot must lie above the data.
-            interior[:, -1:] = torch.nextafter(interior[:, -1:], torch.full_like(interior[:, -1:], math.inf))
+            # The ends are the data's own extremes (mixing could round them inwards); bases are
+            # half-open on the right, so the last knot lies just above the data (matters for k = 0).
+            interior[:, :1] = lo
+            interior[:, -1:] = torch.nextafter(hi, torch.full_like(hi, math.inf))
+            interior = torch.where(degenerate, lo + (steps - size / 2) / size, interior)
             new_grid = extend_knots(interior, self.spline_order)
         self._refit(x, new_grid, uniform=eps == 1.0)
 
@@ -228,7 +240,8 @@ class KANLayer(nn.Module):
             u = torch.linspace(0, 1, n, dtype=torch.float64, device=interior.device)
             x = _interp_rows(u, old, interior.double()).T.contiguous()  # (n, in)
             x[-1] = x[-1].nextafter(x[0])  # half-open bases: with k = 0 the end is outside
-        self._refit(x.to(self.grid.dtype), new_grid, uniform=self.uniform_grid)
+        # Dense samples support every basis: no ridge, so nested grids reproduce the spline exactly.
+        self._refit(x.to(self.grid.dtype), new_grid, uniform=self.uniform_grid, ridge=0.0)
 
 
 def is_uniform(grid: Tensor) -> bool:

@@ -172,16 +172,27 @@ class KAN(nn.Module):
         return total, terms
 
     @torch.no_grad()
-    def update_grid(self, x: Tensor, grid_eps: float | None = None) -> None:
-        """Adapt every layer's grid to the distribution of its inputs on ``x``, in order."""
+    def update_grid(self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None) -> None:
+        """Adapt every layer's grid to the distribution of its inputs on ``x``, in order
+        (optionally with ``grid_size`` intervals)."""
         x = x.reshape(-1, self.in_features)
         for layer in self.layers:
-            layer.update_grid(x, grid_eps)
+            layer.update_grid(x, grid_eps, grid_size)
             x = layer(x)
+        self.config["grid_size"] = self.grid_size
 
     @torch.no_grad()
-    def extend_grid(self, new_grid_size: int) -> None:
-        """Refine every layer's grid to ``new_grid_size`` intervals, keeping the functions."""
+    def extend_grid(self, new_grid_size: int, x: Tensor | None = None) -> None:
+        """Refine every layer's grid to ``new_grid_size`` intervals, keeping the functions.
+
+        Without ``x`` each grid keeps its range and the splines are preserved there (exactly
+        when the new grid contains the old knots). With ``x`` (pykan's ``refine``) each layer's
+        new grid is fitted to its inputs on ``x``, which also preserves the functions where
+        hidden activations have left the grid range.
+        """
+        if x is not None:
+            self.update_grid(x, grid_size=new_grid_size)
+            return
         for layer in self.layers:
             layer.extend_grid(new_grid_size)
         self.config["grid_size"] = new_grid_size

@@ -18,7 +18,9 @@ from .layer import KANLayer
 
 def _entropy(magnitudes: Tensor, eps: float = 1e-12) -> Tensor:
     p = magnitudes / (magnitudes.sum() + eps)
-    return -torch.special.xlogy(p, p).sum()
+    # p log p -> 0 at p = 0; clamping inside the log keeps the gradient finite for pruned edges.
+    tiny = torch.finfo(p.dtype).tiny
+    return -torch.where(p > 0, p * torch.log(p.clamp_min(tiny)), torch.zeros_like(p)).sum()
 
 
 def activation_l1(edge_scales: Sequence[Tensor]) -> Tensor:
