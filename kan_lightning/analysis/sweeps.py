@@ -311,7 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="the multirun directory holding one sub-directory per job")
     parser.add_argument("--metric", default="test/rmse", help="metric to sort the table by and to plot (default: test/rmse)")
     parser.add_argument("--no-plot", action="store_true", help="write only summary.csv and summary.md")
+    parser.add_argument(
+        "--metrics",
+        help="comma-separated metric columns (default: every test/* and val/* metric, parameters, wall time)",
+    )
     args = parser.parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
 
     if not args.sweep_dir.is_dir():
         print(f"kan-sweep-summary: error: {args.sweep_dir} is not a directory", file=sys.stderr)
@@ -327,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not any(args.metric in row["metrics"] for row in rows):
         print(f"kan-sweep-summary: warning: no job reports {args.metric!r}", file=sys.stderr)
 
-    _, md_path = write_summary(args.sweep_dir, rows, sort_by=args.metric)
+    _, md_path = write_summary(args.sweep_dir, rows, metrics=metrics, sort_by=args.metric)
     print(md_path.read_text(), end="")
     if not args.no_plot:
         for path in plot_sweep(args.sweep_dir, rows, args.metric):
