@@ -1,1 +1,32 @@
-# Hydra config groups of kan-lightning (shipped as kan_lightning.conf).
+"""Hydra config groups of kan-lightning (shipped as the package ``kan_lightning.conf``).
+
+Importing it registers the OmegaConf resolvers the YAML files use.
+"""
+
+from omegaconf import OmegaConf
+
+
+def kan_widths(input_dim: int, width: int, depth: int, output_dim: int) -> list[int]:
+    """``layers_hidden`` from a hidden width and depth: ``[input_dim, width x depth, output_dim]``."""
+    return [int(input_dim), *[int(width)] * int(depth), int(output_dim)]
+
+
+def kan_device_slots() -> int:
+    from kan_lightning.devices import default_slots
+
+    return default_slots()
+
+
+def kan_sqlite(path: str) -> str:
+    """An SQLite URL for ``path``, creating its folder (Optuna opens the file before any job
+    has created the sweep directory)."""
+    from pathlib import Path
+
+    file = Path(path).absolute()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+OmegaConf.register_new_resolver("kan_sqlite", kan_sqlite, replace=True)
+OmegaConf.register_new_resolver("kan_widths", kan_widths, replace=True)
+OmegaConf.register_new_resolver("kan_device_slots", kan_device_slots, replace=True)

@@ -1,0 +1,93 @@
+"""A machine-wide pool of device slots, leased with lock files, so that parallel sweep jobs
+never share a GPU and none idles while jobs wait.
+
+Each slot is a file ``<pool_dir>/slot-<i>.lock``; a job holds slot ``i`` while it holds an
+exclusive ``flock`` on that file. The kernel drops the lock when the holder exits for any reason
+(including SIGKILL), so a crashed job cannot leak its slot. Jobs take the first free slot when
+they start, whatever their job number, unlike ``hydra.job.num % n_gpus``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def default_slots() -> int:
+    """The number of visible GPUs; without GPUs, half the CPU cores (at least 1)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+class DevicePool:
+    """``slots`` device slots shared by every process that uses the same ``pool_dir``."""
+
+    def __init__(self, pool_dir: str | os.PathLike, slots: int | None = None, poll_s: float = 0.2) -> None:
+        slots = default_slots() if slots is None else int(slots)
+        if slots < 1:
+            raise ValueError(f"device pool needs at least one slot, got slots={slots}")
+        if poll_s <= 0:
+            raise ValueError(f"poll_s must be > 0, got {poll_s!r}")
+        self.pool_dir = Path(pool_dir)
+        self.slots = slots
+        self.poll_s = poll_s
+
+    def _try_lock(self, slot: int) -> int | None:
+        fd = os.open(self.pool_dir / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # For people inspecting the pool: who holds the slot.
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    @contextmanager
+    def lease(self, timeout_s: float | None = None) -> Iterator[int]:
+        """Hold the first free slot for the duration of the ``with`` block; yields its index.
+
+        Waits (polling) while every slot is taken; raises ``TimeoutError`` after
+        ``timeout_s`` seconds if given.
+        """
+        self.pool_dir.mkdir(parents=True, exist_ok=True)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            for slot in range(self.slots):
+                fd = self._try_lock(slot)
+                if fd is not None:
+                    try:
+                        yield slot
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                        os.close(fd)
+                    return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no free device slot in {self.pool_dir} after {timeout_s} s ({self.slots} slots)")
+            time.sleep(self.poll_s)
+
+
+@contextmanager
+def device_lease(enabled: bool, accelerator: str, slots: int | None, pool_dir: str, timeout_s: float | None = None) -> Iterator[dict]:
+    """For one job: nothing when disabled; else hold a slot for the ``with`` block and yield the
+    Trainer overrides that put the job on it (``devices=[slot]`` on GPUs, nothing on CPUs)."""
+    if not enabled:
+        yield {}
+        return
+    with DevicePool(pool_dir, slots).lease(timeout_s) as slot:
+        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and default_slots_are_gpus())
+        yield {"devices": [slot]} if on_gpu else {}
+
+
+def default_slots_are_gpus() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
