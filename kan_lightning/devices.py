@@ -77,17 +77,18 @@ class DevicePool:
 
 @contextmanager
 def device_lease(enabled: bool, accelerator: str, slots: int | None, pool_dir: str, timeout_s: float | None = None) -> Iterator[dict]:
-    """For one job: nothing when disabled; else hold a slot for the ``with`` block and yield the
-    Trainer overrides that put the job on it (``devices=[slot]`` on GPUs, nothing on CPUs)."""
+    """For one job: ``{}`` when disabled; else hold a slot for the ``with`` block and yield
+    ``{"slot", "start", "trainer"}``, where ``trainer`` holds the Trainer overrides that put the
+    job on its slot (``devices=[slot]`` on GPUs, nothing on CPUs)."""
     if not enabled:
         yield {}
         return
     with DevicePool(pool_dir, slots).lease(timeout_s) as slot:
-        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and default_slots_are_gpus())
-        yield {"devices": [slot]} if on_gpu else {}
+        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and _has_gpus())
+        yield {"slot": slot, "start": time.time(), "trainer": {"devices": [slot]} if on_gpu else {}}
 
 
-def default_slots_are_gpus() -> bool:
+def _has_gpus() -> bool:
     import torch
 
     return torch.cuda.is_available()

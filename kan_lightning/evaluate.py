@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="pkg://kan_lightning.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    metrics = evaluate(cfg)
+    """``kan-eval``: a missing, corrupt or foreign checkpoint (or a bad split) prints
+    ``error: ...`` naming it and exits with status 2, without a traceback."""
+    try:
+        metrics = evaluate(cfg)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     width = max(map(len, metrics))
     print(f"checkpoint: {cfg.ckpt_path}")
     for name, value in metrics.items():

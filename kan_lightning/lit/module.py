@@ -7,6 +7,7 @@ from typing import Any, Callable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
@@ -14,6 +15,34 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 STAGES = ("train", "val", "test")
+# Inputs further than this fraction of the grid's width outside it are "far outside".
+GRID_RANGE_TOLERANCE = 0.1
+
+
+def grid_range_warning(x: Tensor, layer: nn.Module, tolerance: float = GRID_RANGE_TOLERANCE) -> str | None:
+    """A warning when inputs ``x`` reach far outside the knot range of KAN ``layer`` (where its
+    splines are zero and only the base branch acts), else ``None``."""
+    grid = getattr(layer, "grid", None)
+    order = getattr(layer, "spline_order", None)
+    if grid is None or order is None or x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != grid.shape[0]:
+        return None
+    lo, hi = grid[:, order].to(x), grid[:, -order - 1].to(x)
+    margin = tolerance * (hi - lo)
+    x_min, x_max = x.min(dim=0).values, x.max(dim=0).values
+    far = (x_min < lo - margin) | (x_max > hi + margin)
+    if not bool(far.any()):
+        return None
+    i = int(far.nonzero()[0, 0])
+    outside = float(((x[:, i] < lo[i]) | (x[:, i] > hi[i])).float().mean())
+    low, high = min(float(x_min[i]), float(lo[i])), max(float(x_max[i]), float(hi[i]))
+    return (
+        f"inputs lie far outside the first KAN layer's grid: input x{i} spans "
+        f"[{float(x_min[i]):.4g}, {float(x_max[i]):.4g}] ({outside:.0%} of the training points outside) "
+        f"but the grid covers [{float(lo[i]):.4g}, {float(hi[i]):.4g}] ({int(far.sum())} input(s) affected); "
+        "outside its grid a spline is zero and only the base branch learns. Enable grid updates "
+        "(callbacks.grid_update.every_n_steps=20), widen the grid (e.g. "
+        f"model.grid_range=[{low:.3g},{high:.3g}]) or set data.normalize_inputs=true."
+    )
 
 
 def _metrics(prefix: str) -> MetricCollection:
@@ -79,6 +108,31 @@ class KANRegressor(L.LightningModule):
         if normalization:
             self.set_target_normalization(normalization)
 
+    def on_fit_start(self) -> None:
+        self._warn_if_inputs_leave_grid()
+
+    def _grid_updates_planned(self) -> bool:
+        """Whether a grid-update callback will adapt the grids to the data in this fit."""
+        for callback in self.trainer.callbacks:
+            every, stop = getattr(callback, "every_n_steps", None), getattr(callback, "stop_step", None)
+            if type(callback).__name__ == "GridUpdate" and every and stop is not None and stop > self.trainer.global_step:
+                return True
+        return False
+
+    def _warn_if_inputs_leave_grid(self) -> None:
+        """Warn (once per module) when the training inputs reach far outside the first KAN
+        layer's grid and no grid update is scheduled to follow them."""
+        layers = getattr(self.model, "layers", None)
+        x = getattr(getattr(self.trainer, "datamodule", None), "x_train", None)
+        if getattr(self, "_grid_warned", False) or not layers or not isinstance(x, Tensor):
+            return
+        if self._grid_updates_planned():
+            return
+        message = grid_range_warning(x, layers[0])
+        if message:
+            self._grid_warned = True
+            rank_zero_warn(message, category=UserWarning)
+
     def set_target_normalization(self, normalization: dict[str, Tensor]) -> None:
         """Take the datamodule's target standardization (``y_mean``, ``y_std``)."""
         self.y_mean.copy_(torch.as_tensor(normalization["y_mean"]).squeeze())
@@ -96,7 +150,7 @@ class KANRegressor(L.LightningModule):
             pred, edge_scales = self.model(x), None
         mse = F.mse_loss(pred, y)
         loss = mse
-        log = dict(on_step=stage == "train", on_epoch=True, sync_dist=stage != "train", batch_size=x.shape[0])
+        log = dict(on_step=stage == "train", on_epoch=True, sync_dist=True, batch_size=x.shape[0])
         if regularize:
             penalty, terms = self.model.regularization_loss(edge_scales)
             loss = mse + penalty
@@ -132,10 +186,44 @@ class KANRegressor(L.LightningModule):
             scheduler["monitor"] = self.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    def rebuild_optimizers(self) -> None:
-        """Recreate optimizers and schedulers, e.g. after a grid extension replaced parameters
-        (stale moments and LBFGS curvature history must not carry over)."""
-        self.trainer.strategy.setup_optimizers(self.trainer)
+    def rebuild_optimizers(self, keep_schedule: bool = True) -> None:
+        """Recreate optimizers and schedulers, e.g. after a grid extension or pruning replaced
+        parameters: the new optimizers hold the current ``Parameter`` objects and start with
+        empty state (stale Adam moments and LBFGS curvature history must not carry over).
+
+        With ``keep_schedule`` each new scheduler takes over its predecessor's progress
+        (``last_epoch``, plateau counters...) and each param group its current learning rate,
+        so a cosine or warm-up schedule continues instead of restarting. Under DDP the model is
+        wrapped anew, so gradients of the new parameters are all-reduced (a collective: every
+        rank must call this at the same point, which callbacks do).
+        """
+        from lightning.fabric.utilities.optimizer import _optimizers_to_device
+        from lightning.pytorch.strategies import DDPStrategy
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer = self.trainer
+        strategy = trainer.strategy
+        old_optimizers = list(strategy.optimizers)
+        old_schedulers = list(strategy.lr_scheduler_configs)
+        if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
+            strategy.model = strategy._setup_model(self)
+            strategy._register_ddp_hooks()
+        strategy.setup_optimizers(trainer)
+        _optimizers_to_device(strategy.optimizers, strategy.root_device)
+        if not keep_schedule:
+            return
+        for old, new in zip(old_optimizers, strategy.optimizers):
+            old = getattr(old, "_optimizer", old)
+            if len(old.param_groups) == len(new.param_groups):
+                for old_group, new_group in zip(old.param_groups, new.param_groups):
+                    for key in ("lr", "initial_lr"):
+                        if key in old_group:
+                            new_group[key] = old_group[key]
+        for old, new in zip(old_schedulers, strategy.lr_scheduler_configs):
+            if type(old.scheduler) is type(new.scheduler):
+                state = old.scheduler.state_dict()
+                # LambdaLR & co. store their functions' state; the new functions are equal.
+                new.scheduler.load_state_dict(state)
 
     # -- checkpoints ------------------------------------------------------------------------
 

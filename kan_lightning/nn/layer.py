@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import make_activation
+from .kernels import spline_contract
 from .splines import (
     bspline_basis,
     bspline_basis_reference,
@@ -132,7 +133,20 @@ class KANLayer(nn.Module):
         shape = x.shape
         flat = self._check_input(x)
         base = self.base_activation(flat) @ (self.base_weight * self.mask).T
-        spline = self.bases(flat).flatten(1) @ self.scaled_coefficients().flatten(1).T
+        if self.basis == "reference":
+            # Plain autograd through the full Cox-de Boor recursion (the benchmarks' baseline).
+            spline = self.bases(flat).flatten(1) @ self.scaled_coefficients().flatten(1).T
+        else:
+            # Only the k + 1 non-zero bases, hand-written backward (kernels.SplineContraction);
+            # ``contraction`` ("auto" | "dense" | "local") may be set on the layer to force one.
+            spline = spline_contract(
+                flat,
+                self.grid,
+                self.scaled_coefficients(),
+                self.spline_order,
+                uniform=self.uniform_grid,
+                contraction=getattr(self, "contraction", "auto"),
+            )
         return (base + spline).reshape(*shape[:-1], self.out_features)
 
     def spline_values(self, x: Tensor) -> Tensor:

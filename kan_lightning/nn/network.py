@@ -196,3 +196,27 @@ class KAN(nn.Module):
         for layer in self.layers:
             layer.extend_grid(new_grid_size)
         self.config["grid_size"] = new_grid_size
+
+    # -- pruning ----------------------------------------------------------------------------
+
+    def edge_scores(self, x: Tensor) -> list[Tensor]:
+        """Per layer, each edge's mean ``|phi|`` on ``x`` (``(out, in)``; masked edges: 0)."""
+        from .pruning import edge_scores
+
+        return edge_scores(self, x)
+
+    def prune(self, x: Tensor, threshold: float = 1e-2) -> "KAN":
+        """A new, smaller KAN without the hidden nodes whose incoming or outgoing score on ``x``
+        is at most ``threshold`` (KAN paper: a node's score is the max mean ``|phi|`` of its
+        edges on each side). Inputs and outputs are kept; this model is unchanged.
+        See :mod:`kan_lightning.nn.pruning`."""
+        from .pruning import prune
+
+        return prune(self, x, threshold)
+
+    def prune_edges(self, threshold: float = 1e-2, x: Tensor | None = None) -> int:
+        """Mask the edges whose mean ``|phi|`` (on ``x``, or on the grid range without data) is
+        at most ``threshold``, in place; returns how many edges were newly masked."""
+        from .pruning import prune_edges
+
+        return prune_edges(self, threshold, x)

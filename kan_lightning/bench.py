@@ -1,0 +1,381 @@
+"""Speed and memory benchmarks: ``python -m kan_lightning.bench`` (or ``kan-bench``).
+
+``--mode layer`` times forward and forward+backward of KANs against the reference KAN (full-grid
+Cox-de Boor with autograd through the recursion), an MLP of the same widths, the dense-matmul
+floor and pykan when it is installed. ``--mode e2e`` times a training step of a small KAN under a
+Lightning Trainer against a bare PyTorch loop.
+
+Example::
+
+    python -m kan_lightning.bench --shapes "64,64,64:5 256,256:50" --repeats 20 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+import warnings
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .nn import KAN, MLP
+from .nn.kernels import choose_contraction
+
+DEFAULT_SHAPES = "64,64,64:5 64,64,64:20 256,256:5 256,256:50"
+
+TIMES_CAPTION = (
+    "Median wall time (ms) over the repeats after warm-up, variants interleaved round-robin in one "
+    "process. fwd: forward under no_grad; fwd+bwd: forward, `out.sum().backward()`, the input "
+    "requiring grad for every model (so every layer computes dL/dx, as the floor's dL/dA). "
+    "Ratios are fwd+bwd against the reference KAN (`basis=\"reference\"`: full-grid Cox-de Boor, "
+    "autograd through the recursion) and against the dense-matmul floor (per layer "
+    "`(N, in*(G+k)) @ (in*(G+k), out)`, both operands requiring grad: 3 matmuls per layer)."
+)
+MEMORY_CAPTION = {
+    "cpu": (
+        "Memory (MiB): activation bytes held for backward after the forward, i.e. the unique "
+        "storages packed by `torch.autograd.graph.saved_tensors_hooks`, excluding parameters and "
+        "the input, plus the output."
+    ),
+    "cuda": "Memory (MiB): `torch.cuda.max_memory_allocated` during fwd+bwd minus the memory allocated before it.",
+}
+
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+def parse_shapes(text: str) -> list[tuple[list[int], int]]:
+    """``"64,64,64:5 256,256:50"`` -> ``[([64, 64, 64], 5), ([256, 256], 50)]``."""
+    shapes = []
+    for item in text.replace(";", " ").split():
+        try:
+            widths, grid = item.split(":")
+            parsed = ([int(w) for w in widths.split(",")], int(grid))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"shape {item!r} is not 'w0,w1,...:G'") from None
+        if len(parsed[0]) < 2 or min(parsed[0]) < 1 or parsed[1] < 1:
+            raise argparse.ArgumentTypeError(f"shape {item!r} needs two or more widths >= 1 and G >= 1")
+        shapes.append(parsed)
+    if not shapes:
+        raise argparse.ArgumentTypeError("no shapes given")
+    return shapes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kan-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=("layer", "e2e"), default="layer")
+    p.add_argument("--shapes", type=parse_shapes, default=parse_shapes(DEFAULT_SHAPES),
+                   help=f"space-separated 'widths:grid' items (default: '{DEFAULT_SHAPES}')")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--order", type=int, default=3, help="spline order k")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results here")
+    return p
+
+
+# -- variants ----------------------------------------------------------------------------------
+
+
+class DenseFloor(nn.Module):
+    """The dense-matmul floor: per layer a fixed ``(N, in*(G+k))`` basis matrix (requiring grad)
+    times an ``(in*(G+k), out)`` weight; the output is the last layer's product plus the sum of
+    the others (so every product is used)."""
+
+    def __init__(self, widths: list[int], n_bases: int, batch: int, dtype, device) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.randn(a * n_bases, b, dtype=dtype, device=device) / (a * n_bases) ** 0.5)
+            for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.bases = [torch.rand(batch, a * n_bases, dtype=dtype, device=device) for a in widths[:-1]]
+
+    def forward(self, x: Tensor) -> Tensor:
+        outs = [basis @ w for basis, w in zip(self.bases, self.weights)]
+        return outs[-1] + sum(o.sum() for o in outs[:-1])
+
+    def inputs(self) -> list[Tensor]:
+        return self.bases
+
+
+def _pykan(widths, grid, order, dtype, device):
+    """pykan's KAN if it is installed (else ``None``)."""
+    try:
+        from kan import KAN as PyKAN  # type: ignore[import-not-found]
+
+        model = PyKAN(width=widths, grid=grid, k=order, seed=0, auto_save=False, device=device)
+        return model.to(dtype)
+    except Exception:  # not installed, or an incompatible version
+        return None
+
+
+def make_variants(widths, grid, order, batch, dtype, device) -> dict[str, nn.Module]:
+    """Name -> model for one shape. ``fast-auto`` is the default KAN layer (its choice is reported)."""
+    variants: dict[str, nn.Module] = {}
+    for contraction in ("auto", "dense", "local"):
+        model = KAN(widths, grid_size=grid, spline_order=order).to(device=device, dtype=dtype)
+        for layer in model.layers:
+            layer.contraction = contraction
+        variants[f"fast-{contraction}"] = model
+    variants["reference"] = KAN(widths, grid_size=grid, spline_order=order, basis="reference").to(device=device, dtype=dtype)
+    variants["mlp"] = MLP(widths).to(device=device, dtype=dtype)
+    variants["floor"] = DenseFloor(widths, grid + order, batch, dtype, device)
+    pykan = _pykan(widths, grid, order, dtype, device)
+    if pykan is not None:
+        variants["pykan"] = pykan
+    return variants
+
+
+# -- measurements ------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _step_fns(model: nn.Module, x: Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(forward under no_grad, forward + backward with fresh gradients) for one model."""
+    params = list(model.parameters())
+    extra = model.inputs() if isinstance(model, DenseFloor) else []
+    for t in extra:
+        t.requires_grad_(True)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def forward_backward() -> None:
+        for t in params + extra + [x]:
+            t.grad = None
+        model(x).sum().backward()
+
+    return forward, forward_backward
+
+
+def _timed(fn: Callable[[], None], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def saved_bytes(model: nn.Module, x: Tensor) -> int:
+    """Bytes kept for backward by one forward: unique storages packed by saved-tensor hooks,
+    excluding parameters and the input, plus the output."""
+    exclude = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    exclude.add(x.untyped_storage().data_ptr())
+    if isinstance(model, DenseFloor):
+        exclude.update(b.untyped_storage().data_ptr() for b in model.inputs())
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    total = sum(seen.values()) + out.numel() * out.element_size()
+    del out
+    return total
+
+
+def cuda_peak_bytes(step: Callable[[], None]) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def bench_shape(widths, grid, args) -> dict:
+    """Times and memory of every variant on one shape."""
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    variants = make_variants(widths, grid, args.order, args.batch, dtype, args.device)
+    x = (torch.rand(args.batch, widths[0], dtype=dtype, device=args.device) * 2 - 1).requires_grad_(True)
+    fns = {name: _step_fns(model, x) for name, model in variants.items()}
+    times = {name: {"fwd": [], "fwd_bwd": []} for name in variants}
+    for rep in range(args.warmup + args.repeats):
+        for name, (fwd, fwd_bwd) in fns.items():  # interleaved: drift hits every variant alike
+            t_fwd, t_both = _timed(fwd, args.device), _timed(fwd_bwd, args.device)
+            if rep >= args.warmup:
+                times[name]["fwd"].append(t_fwd)
+                times[name]["fwd_bwd"].append(t_both)
+    records = {}
+    for name, model in variants.items():
+        memory = cuda_peak_bytes(fns[name][1]) if args.device == "cuda" else saved_bytes(model, x)
+        records[name] = {
+            "fwd_ms": 1e3 * statistics.median(times[name]["fwd"]),
+            "fwd_bwd_ms": 1e3 * statistics.median(times[name]["fwd_bwd"]),
+            "memory_bytes": memory,
+        }
+    for rec in records.values():
+        rec["vs_reference"] = rec["fwd_bwd_ms"] / records["reference"]["fwd_bwd_ms"]
+        rec["vs_floor"] = rec["fwd_bwd_ms"] / records["floor"]["fwd_bwd_ms"]
+        rec["memory_vs_reference"] = rec["memory_bytes"] / records["reference"]["memory_bytes"]
+    auto = [choose_contraction(grid + args.order, args.order, args.device, args.batch * w) for w in widths[:-1]]
+    return {"widths": widths, "grid": grid, "auto_contraction": auto, "variants": records}
+
+
+def markdown_layer(results: list[dict], device: str) -> str:
+    lines = [
+        f"{TIMES_CAPTION} {MEMORY_CAPTION[device]}",
+        "",
+        "| shape | variant | fwd ms | fwd+bwd ms | vs reference | vs floor | memory MiB | memory vs ref |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for res in results:
+        shape = f"{res['widths']} G={res['grid']}"
+        for name, rec in res["variants"].items():
+            label = f"fast-auto ({'/'.join(sorted(set(res['auto_contraction'])))})" if name == "fast-auto" else name
+            lines.append(
+                f"| {shape} | {label} | {rec['fwd_ms']:.2f} | {rec['fwd_bwd_ms']:.2f} | "
+                f"{rec['vs_reference']:.3f}x | {rec['vs_floor']:.2f}x | {rec['memory_bytes'] / 2**20:.2f} | "
+                f"{rec['memory_vs_reference']:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def run_layer(args) -> dict:
+    results = [bench_shape(widths, grid, args) for widths, grid in args.shapes]
+    return {"mode": "layer", "results": results, "markdown": markdown_layer(results, args.device)}
+
+
+# -- end to end --------------------------------------------------------------------------------
+
+
+def _e2e_data(n: int, dtype, device) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 2 - 1
+    y = torch.exp(torch.sin(torch.pi * x[:, :1]) + x[:, 1:] ** 2)
+    return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
+
+
+def _bare_loop(model: nn.Module, x: Tensor, y: Tensor, steps: int, device: str) -> list[float]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _lightning_steps(model: nn.Module, x: Tensor, y: Tensor, steps: int, device: str) -> list[float]:
+    """Wall time between consecutive training-batch starts of a Lightning fit (full batch, so one
+    step per epoch: epoch-end work is included, as it is in such a training run)."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from .lit import KANRegressor
+
+    starts: list[float] = []
+
+    class StepClock(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            _sync(device)
+            starts.append(time.perf_counter())
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=x.shape[0])
+    module = KANRegressor(model, optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
+    trainer = L.Trainer(
+        max_steps=steps + 1,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[StepClock()],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, train_dataloaders=loader)
+    return [b - a for a, b in zip(starts[:-1], starts[1:])]
+
+
+def run_e2e(args) -> dict:
+    """A KAN [2, 5, 1] (G = 5) trained full-batch on 1000 points with Adam: seconds per step
+    under a Lightning Trainer (KANRegressor, no logger/checkpoints/progress bar/summary) and in
+    a bare loop on an identical copy of the model."""
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    x, y = _e2e_data(1000, dtype, args.device)
+    model = KAN([2, 5, 1], grid_size=5, spline_order=args.order).to(device=args.device, dtype=dtype)
+    bare = copy.deepcopy(model)
+    steps = args.warmup + args.repeats
+    lightning = _lightning_steps(model, x, y, steps, args.device)[args.warmup :]
+    loop = _bare_loop(bare, x, y, steps, args.device)[args.warmup :]
+    rec = {
+        "lightning_ms": 1e3 * statistics.median(lightning),
+        "bare_ms": 1e3 * statistics.median(loop),
+    }
+    rec["ratio"] = rec["lightning_ms"] / rec["bare_ms"]
+    markdown = "\n".join(
+        [
+            "Median wall time per training step (ms): KAN [2,5,1], G=5, 1000 points full batch, Adam; "
+            "Lightning: time between consecutive batch starts (includes epoch-end metric work).",
+            "",
+            "| Lightning Trainer | bare loop | ratio |",
+            "|---:|---:|---:|",
+            f"| {rec['lightning_ms']:.2f} | {rec['bare_ms']:.2f} | {rec['ratio']:.2f}x |",
+        ]
+    )
+    return {"mode": "e2e", "results": rec, "markdown": markdown}
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse ``argv``, run the benchmark, print the Markdown table, write JSON; return the results."""
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    result = run_e2e(args) if args.mode == "e2e" else run_layer(args)
+    result["config"] = {
+        "batch": args.batch,
+        "order": args.order,
+        "dtype": args.dtype,
+        "device": args.device,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "shapes": [f"{','.join(map(str, w))}:{g}" for w, g in args.shapes],
+    }
+    print(result["markdown"])
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

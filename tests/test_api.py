@@ -1,0 +1,284 @@
+"""The Python API: the usage guide's code as written, saving, loading and exporting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kan_lightning import KAN, KANTrainer, create_dataset
+from kan_lightning.api import KANEnsemble, NormalizedModel, cross_validate, load_model, transfer_weights
+from kan_lightning.lit import GridExtension
+
+# The guide trains for 1000 epochs; the test keeps every argument but trains for fewer.
+GUIDE_EPOCHS = 3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def target_function(x):
+    return torch.sin(x[:, 0]) * torch.exp(-x[:, 1] ** 2)
+
+
+def test_usage_guide_as_written(capsys, tmp_path, monkeypatch):
+    """The guide's "usage guide" section with only the import lines changed."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+
+    # -- basic setup
+    model = KAN(
+        layers_hidden=[2, 20, 20, 1],
+        grid_size=5,
+        spline_order=3,
+        scale_base=1.0,
+        scale_spline=1.0
+    )
+    trainer = KANTrainer(
+        model=model,
+        optimizer_name="Adam",
+        lr=0.01,
+        weight_decay=1e-4
+    )
+
+    # -- data preparation
+    x_train, y_train = trainer.create_dataset(
+        func=target_function,
+        n_samples=5000,
+        input_dim=2,
+        noise_level=0.01,
+        x_range=(-2, 2)
+    )
+    train_size = int(0.8 * len(x_train))
+    x_val, y_val = x_train[train_size:], y_train[train_size:]
+    x_train, y_train = x_train[:train_size], y_train[:train_size]
+
+    # -- training configuration
+    config = {
+        'epochs': GUIDE_EPOCHS,
+        'batch_size': 256,
+        'regularize_activation': 1e-3,
+        'regularize_entropy': 1e-4,
+        'patience': 50,  # early stopping
+        'lr_schedule': 'cosine'  # learning rate scheduling
+    }
+    history = trainer.train(
+        x_train, y_train,
+        x_val, y_val,
+        **config,
+        verbose=True
+    )
+
+    # -- model evaluation (the guide leaves x_test undefined: a fresh draw)
+    x_test, y_test = trainer.create_dataset(
+        func=target_function, n_samples=1000, input_dim=2, noise_level=0.0, x_range=(-2, 2)
+    )
+    test_loss = trainer.evaluate(x_test, y_test)
+    predictions = trainer.predict(x_test)
+
+    mse = torch.mean((predictions - y_test) ** 2)
+    mae = torch.mean(torch.abs(predictions - y_test))
+    r2 = 1 - mse / torch.var(y_test)
+
+    print(f"test mse: {mse:.6f}")
+    print(f"test mae: {mae:.6f}")
+    print(f"r² score: {r2:.6f}")
+
+    out = capsys.readouterr().out
+    assert "test mse:" in out and "r² score:" in out
+    assert x_train.shape == (4000, 2) and y_train.shape == (4000, 1) and x_val.shape == (1000, 2)
+    assert float(x_train.min()) >= -2 and float(x_train.max()) <= 2
+    assert isinstance(test_loss, float) and test_loss == pytest.approx(float(mse), rel=1e-5)
+    assert predictions.shape == y_test.shape
+    assert float(r2) > 0.9, f"r2={float(r2)} after {GUIDE_EPOCHS} epochs"
+    for key in ("train_loss", "val_loss", "lr"):
+        assert len(history[key]) == GUIDE_EPOCHS and all(math.isfinite(v) for v in history[key])
+    assert history["lr"][0] == pytest.approx(0.01)  # cosine schedule from the base rate
+    assert history["lr"][-1] < history["lr"][0]
+    assert model.regularization["l1"] == 1e-3 and model.regularization["entropy"] == 1e-4
+    assert trainer.model is model
+    assert not any(tmp_path.iterdir()), "training wrote files"
+
+
+def test_quiet_when_not_verbose(capfd, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    x, y = create_dataset(target_function, 200, 2, x_range=(-2, 2))
+    trainer = KANTrainer(KAN([2, 3, 1]), lr=0.01)
+    history = trainer.train(x, y, epochs=2, batch_size=100, verbose=False)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert len(history["train_loss"]) == 2 and all(math.isnan(v) for v in history["val_loss"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_create_dataset_shapes_noise_and_seed():
+    x, y = create_dataset(lambda x: x[:, :1] * 2, n_samples=100, input_dim=3, x_range=[(-1, 1), (0, 2), (5, 6)], seed=3)
+    assert x.shape == (100, 3) and y.shape == (100, 1) and x.dtype == torch.float32
+    assert float(x[:, 2].min()) >= 5 and float(x[:, 1].max()) <= 2
+    torch.testing.assert_close(y, 2 * x[:, :1])
+    x2, y2 = create_dataset(lambda x: x[:, :1] * 2, n_samples=100, input_dim=3, x_range=[(-1, 1), (0, 2), (5, 6)], seed=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    a, _ = create_dataset(target_function, 50, 2)
+    b, _ = create_dataset(target_function, 50, 2)
+    assert not torch.equal(a, b)  # without a seed: independent draws (train vs test)
+    xn, yn = create_dataset(target_function, 4000, 2, noise_level=0.1, x_range=(-2, 2), seed=1)
+    residual = yn - target_function(xn).unsqueeze(1)
+    assert float(residual.std()) == pytest.approx(0.1 * float(yn.std()), rel=0.1)  # relative noise
+    with pytest.raises(ValueError, match=r"\(N,\) or \(N, 1\)"):
+        create_dataset(lambda x: x, 10, 2)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("LBFGS", dict(batch_size="full")), ("sgd", dict(batch_size=50)), ("AdamW", dict(batch_size=50, lr_schedule="plateau"))],
+)
+def test_optimizers_by_name(name, kwargs):
+    torch.manual_seed(0)
+    x, y = create_dataset(target_function, 300, 2, seed=0)
+    trainer = KANTrainer(KAN([2, 3, 1], grid_size=3), optimizer_name=name)
+    before = trainer.evaluate(x, y)
+    trainer.train(x[:200], y[:200], x[200:], y[200:], epochs=3, verbose=False, **kwargs)
+    assert type(trainer.trainer.optimizers[0]).__name__.lower() == name.lower()
+    assert trainer.evaluate(x, y) < before
+
+
+def test_optimizer_errors():
+    with pytest.raises(ValueError, match="unknown optimizer_name"):
+        KANTrainer(KAN([2, 1]), optimizer_name="Adagrad")
+    with pytest.raises(ValueError, match="LBFGS has no weight_decay"):
+        KANTrainer(KAN([2, 1]), optimizer_name="LBFGS", weight_decay=1e-4)
+    with pytest.raises(ValueError, match="default_root_dir"):
+        KANTrainer(KAN([2, 1]), logger=True)
+
+
+def test_restore_best_and_callbacks():
+    """With validation data the final weights are the best epoch's; package callbacks plug in."""
+    torch.manual_seed(0)
+    x, y = create_dataset(target_function, 400, 2, seed=0)
+    trainer = KANTrainer(KAN([2, 3, 1], grid_size=3), lr=0.05)
+    extension = GridExtension(grids=[3, 6], at_epochs=[2])
+    history = trainer.train(x[:300], y[:300], x[300:], y[300:], epochs=4, batch_size=100, verbose=False, callbacks=[extension])
+    assert trainer.model.grid_size == 6 and len(extension.history) == 1
+    assert trainer.evaluate(x[300:], y[300:]) == pytest.approx(min(history["val_mse"]), rel=1e-4)
+
+
+def _same_history(a: dict, b: dict) -> bool:
+    same = lambda u, v: u == v or (math.isnan(u) and math.isnan(v))  # noqa: E731
+    return a.keys() == b.keys() and all(len(a[k]) == len(b[k]) and all(map(same, a[k], b[k])) for k in a)
+
+
+def _trained(normalize: bool) -> tuple[KANTrainer, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x, y = create_dataset(target_function, 300, 2, x_range=(-2, 2), seed=0)
+    y = 3 * y + 5
+    trainer = KANTrainer(KAN([2, 4, 1], grid_size=4), lr=0.02)
+    trainer.train(x, y, epochs=2, batch_size=100, verbose=False, normalize_inputs=normalize, normalize_targets=normalize)
+    return trainer, x, y
+
+
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+def test_save_load_round_trip(tmp_path, normalize):
+    trainer, x, y = _trained(normalize)
+    path = trainer.save(tmp_path / "kan_model.pth")
+    record = torch.load(path, weights_only=True)  # plain containers only
+    assert {"model_state_dict", "model_config", "training_history", "normalization"} <= set(record)
+    assert record["model_config"]["layers_hidden"] == [2, 4, 1]
+    assert len(record["training_history"]["train_loss"]) == 2
+
+    model = load_model(path)
+    assert isinstance(model, NormalizedModel if normalize else KAN) and not model.training
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trainer.predict(x), rtol=0, atol=0)
+    again = KANTrainer.load(path)
+    torch.testing.assert_close(again.predict(x), trainer.predict(x), rtol=0, atol=0)
+    assert _same_history(again.history, trainer.history) and again.optimizer_name == "Adam"
+    assert again.evaluate(x, y) == pytest.approx(trainer.evaluate(x, y))
+    # the guide's loading recipe works on the saved record too
+    kan = KAN(**record["model_config"])
+    kan.load_state_dict(record["model_state_dict"])
+
+
+def test_save_after_grid_extension_and_pruning(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(200, 2) * 2 - 1
+    model = KAN([2, 5, 1], grid_size=3)
+    model.extend_grid(7, x=x)
+    pruned = model.prune(x, threshold=0.05)
+    trainer = KANTrainer(pruned)
+    loaded = load_model(trainer.save(tmp_path / "m.pth"))
+    assert loaded.grid_size == 7 and loaded.layers_hidden == pruned.layers_hidden
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), pruned(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+def test_torchscript_export_equals_eager(tmp_path, normalize):
+    trainer, x, _ = _trained(normalize)
+    path = trainer.export_torchscript(tmp_path / "kan_model_traced.pt", example=x[:16])
+    scripted = torch.jit.load(str(path))
+    with torch.no_grad():
+        for batch in (x[:16], x[:5], x):  # also other batch sizes than the example
+            torch.testing.assert_close(scripted(batch), trainer.predict(batch), rtol=1e-6, atol=1e-6)
+
+
+def test_onnx_export(tmp_path):
+    pytest.importorskip("onnx")
+    trainer, x, _ = _trained(False)
+    assert trainer.export_onnx(tmp_path / "kan.onnx", example=x[:4]).is_file()
+
+
+def test_onnx_missing_is_a_clear_error(tmp_path):
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install onnx"):
+            KANTrainer(KAN([2, 1])).export_onnx(tmp_path / "kan.onnx")
+    else:
+        pytest.skip("onnx is installed")
+
+
+def test_transfer_weights_between_grid_sizes():
+    torch.manual_seed(0)
+    src = KAN([2, 3, 1], grid_size=5)
+    with torch.no_grad():
+        for layer in src.layers:
+            layer.spline_weight.normal_(0, 0.5)
+    dst = transfer_weights(src, KAN([2, 3, 1], grid_size=10))
+    u = torch.rand(500, 3) * 2 - 1  # inside every layer's grid range
+    with torch.no_grad():
+        for a, b in zip(src.layers, dst.layers):  # nested grids: the same functions
+            torch.testing.assert_close(b(u[:, : a.in_features]), a(u[:, : a.in_features]), rtol=1e-4, atol=1e-5)
+    coarse = transfer_weights(dst, KAN([2, 3, 1], grid_size=5))
+    with torch.no_grad():
+        torch.testing.assert_close(coarse.layers[0](u[:, :2]), src.layers[0](u[:, :2]), rtol=1e-4, atol=1e-4)
+    # with data: each layer's grid follows its inputs (an adapted grid, fitted by least
+    # squares: close, not exact), so the whole network is kept
+    x = torch.rand(500, 2) * 2 - 1
+    fitted = transfer_weights(src, KAN([2, 3, 1], grid_size=10), x=x)
+    with torch.no_grad():
+        err, scale = (fitted(x) - src(x)).abs(), float(src(x).abs().max())
+        assert float(err.mean()) < 3e-3 * scale and float(err.max()) < 5e-2 * scale
+    assert fitted.config["grid_size"] == 10
+    with pytest.raises(ValueError, match="shapes differ"):
+        transfer_weights(src, KAN([2, 4, 1]))
+
+
+def test_ensemble_and_cross_validation():
+    torch.manual_seed(0)
+    ensemble = KANEnsemble([{"layers_hidden": [2, 3, 1], "grid_size": 3}], ensemble_size=3)
+    x, y = create_dataset(target_function, 120, 2, seed=0)
+    mean, std = ensemble(x)
+    assert mean.shape == std.shape == (120, 1) and bool((std > 0).all())
+    histories = ensemble.fit(x, y, epochs=1, batch_size=60, verbose=False)
+    assert len(histories) == 3
+    single_mean, single_std = KANEnsemble({"layers_hidden": [2, 1]}, ensemble_size=1)(x)
+    assert torch.equal(single_std, torch.zeros_like(single_mean))
+    mean_mse, std_mse = cross_validate(x, y, {"layers_hidden": [2, 3, 1], "grid_size": 3}, cv_folds=3, epochs=1, batch_size=40)
+    assert math.isfinite(mean_mse) and mean_mse > 0 and std_mse >= 0
