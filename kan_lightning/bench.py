@@ -283,8 +283,9 @@ def _lightning_steps(model: nn.Module, x: Tensor, y: Tensor, steps: int, device:
     """Wall time between consecutive training-batch starts of a Lightning fit (full batch, so one
     step per epoch: epoch-end work is included, as it is in such a training run)."""
     import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader
 
+    from .data.datamodule import BatchedTensorDataset, keep_batch
     from .lit import KANRegressor
 
     starts: list[float] = []
@@ -294,7 +295,7 @@ def _lightning_steps(model: nn.Module, x: Tensor, y: Tensor, steps: int, device:
             _sync(device)
             starts.append(time.perf_counter())
 
-    loader = DataLoader(TensorDataset(x, y), batch_size=x.shape[0])
+    loader = DataLoader(BatchedTensorDataset(x, y), batch_size=x.shape[0], collate_fn=keep_batch)
     module = KANRegressor(model, optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
     trainer = L.Trainer(
         max_steps=steps + 1,
