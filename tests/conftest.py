@@ -37,3 +37,17 @@ def make_cfg(tmp_path):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
+    threads can slow these tests down many times over."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -15,14 +15,6 @@ from kan_lightning.lit import GridExtension
 GUIDE_EPOCHS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def target_function(x):
     return torch.sin(x[:, 0]) * torch.exp(-x[:, 1] ** 2)
 

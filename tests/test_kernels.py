@@ -33,17 +33,6 @@ def contraction(request, monkeypatch) -> str:
     return name
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and other processes share the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def make_grid(kind: str, k: int, grid_size: int = 5, n_in: int = 3, seed: int = 0) -> torch.Tensor:
     """A float64 grid ``(in, G + 2k + 1)``: uniform on [-1, 1], or random strictly increasing knots."""
     if kind == "uniform":

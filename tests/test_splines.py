@@ -16,18 +16,6 @@ from kan_lightning.nn.splines import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors gain nothing from intra-op threads, and with other processes on a 2-core
-    machine OpenMP threads can slow these tests down 50x."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 scipy_interpolate = pytest.importorskip("scipy.interpolate")
 BSpline = scipy_interpolate.BSpline
 

@@ -20,14 +20,6 @@ X0, X1 = sympy.symbols("x0 x1")
 TRUTH = sympy.exp(sympy.sin(sympy.pi * X0) + X1**2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def paper_toy(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.sin(math.pi * x[:, 0]) + x[:, 1] ** 2)[:, None]
 

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 

@@ -28,14 +28,6 @@ from kan_lightning.nn.pruning import edge_scores, mask_nodes, prune_nodes, selec
 from kan_lightning.train import train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LBFGS = functools.partial(
     torch.optim.LBFGS, lr=1.0, max_iter=20, history_size=10, line_search_fn="strong_wolfe",
     tolerance_grad=1e-32, tolerance_change=1e-32,
