@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kan_lightning.data.datamodule import fit_normalization, make_dataset
 from kan_lightning.data.functions import TargetFunction, validate_domain
-from kan_lightning.nn import KAN, MLP
+from kan_lightning.nn import KAN, MLP, bspline_basis_reference
 from kan_lightning.nn.activations import ACTIVATIONS
 
 __all__ = [
@@ -152,25 +152,28 @@ class _PlainKAN(nn.Module):
     """The forward pass of a KAN written with the layers' plain-PyTorch pieces (basis matrix
     times coefficients): the same function, traceable whatever kernel the layers use."""
 
-    def __init__(self, kan: KAN) -> None:
+    def __init__(self, kan: KAN, full_grid: bool = False) -> None:
         super().__init__()
         self.kan = kan
+        # The full-grid recursion needs only comparisons and arithmetic (ONNX has no searchsorted).
+        self.full_grid = full_grid
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         for layer in self.kan.layers:
             flat = x.reshape(-1, layer.in_features)
             base = layer.base_activation(flat) @ (layer.base_weight * layer.mask).T
-            x = base + layer.bases(flat).flatten(1) @ layer.scaled_coefficients().flatten(1).T
+            bases = bspline_basis_reference(flat, layer.grid, layer.spline_order) if self.full_grid else layer.bases(flat)
+            x = base + bases.flatten(1) @ layer.scaled_coefficients().flatten(1).T
         return x.reshape(*shape[:-1], x.shape[-1])
 
 
-def _traceable(module: nn.Module) -> nn.Module:
+def _traceable(module: nn.Module, full_grid: bool = False) -> nn.Module:
     if isinstance(module, KAN):
-        return _PlainKAN(module)
+        return _PlainKAN(module, full_grid)
     if isinstance(module, NormalizedModel) and isinstance(module.model, KAN):
         wrapped = copy.copy(module)
-        wrapped._modules = dict(module._modules, model=_PlainKAN(module.model))
+        wrapped._modules = dict(module._modules, model=_PlainKAN(module.model, full_grid))
         return wrapped
     return module
 
@@ -681,8 +684,9 @@ class KANTrainer:
             example = torch.rand(8, self.model.layers_hidden[0], dtype=param.dtype, device=param.device) * 2 - 1
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # ONNX has no op for the custom autograd kernel: export the plain-PyTorch formulation.
         torch.onnx.export(
-            module,
+            _traceable(module, full_grid=True),
             (example.to(device=param.device, dtype=param.dtype),),
             str(path),
             input_names=["x"],

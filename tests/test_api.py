@@ -222,8 +222,14 @@ def test_torchscript_export_equals_eager(tmp_path, normalize):
 
 def test_onnx_export(tmp_path):
     pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
     trainer, x, _ = _trained(False)
-    assert trainer.export_onnx(tmp_path / "kan.onnx", example=x[:4]).is_file()
+    path = trainer.export_onnx(tmp_path / "kan.onnx", example=x[:4])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = x[:37].to(torch.float32)  # another batch size than the example
+    (onnx_out,) = session.run(None, {"x": inputs.numpy()})
+    eager = trainer.predict(inputs)
+    assert torch.allclose(torch.from_numpy(onnx_out), eager.to(torch.float32), atol=1e-5)
 
 
 def test_onnx_missing_is_a_clear_error(tmp_path):
