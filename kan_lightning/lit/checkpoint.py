@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kan_lightning.nn import KAN, MLP
+from kan_lightning.nn import KAN, MLP, HybridKAN
 
 # Only these classes are rebuilt from a checkpoint: nothing named inside a file gets imported.
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "kan_lightning.nn.network.KAN": KAN,
     "kan_lightning.nn.mlp.MLP": MLP,
+    "kan_lightning.nn.hybrid.HybridKAN": HybridKAN,
 }
 
 

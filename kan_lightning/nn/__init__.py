@@ -1,5 +1,6 @@
 """Pure-PyTorch KAN building blocks (no Lightning, Hydra or plotting imports)."""
 
+from .hybrid import HybridKAN
 from .layer import KANLayer
 from .mlp import MLP
 from .network import KAN
@@ -13,6 +14,7 @@ from .splines import (
 )
 
 __all__ = [
+    "HybridKAN",
     "KAN",
     "KANLayer",
     "MLP",
