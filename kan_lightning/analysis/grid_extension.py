@@ -1,76 +1,204 @@
-"""Report of a grid-extension run: RMSE per grid, a log-log plot and the fitted slope.
+"""Reports of grid-extension runs: RMSE per grid, log-log plots, fitted slopes, and the KAN-vs-MLP
+scaling figure (test RMSE against parameter count).
 
-``python -m kan_lightning.analysis.grid_extension <run dir> [<run dir> ...]`` reads each run's
-``metrics.json`` (the ``GridExtension`` callback records train/test RMSE at the end of every
-grid stage) and writes ``grid_extension.md`` and ``grid_extension.png`` next to the first run,
-or into ``--out``.
+Grid extension (one or more runs made with the ``GridExtension`` callback and
+``evaluate_splits: [train, test]``, e.g. ``kan-train experiment=paper_grid_extension``)::
+
+    python -m kan_lightning.analysis.grid_extension <run dir> [<run dir> ...] [--out DIR]
+        [--x grid|num_parameters] [--reference "pykan=3:1.5e-3,5:7.3e-4"] [--name grid_extension]
+
+reads each run's ``metrics.json`` (``record["callbacks"]["grid_extension"]["stages"]``) and
+writes ``<name>.md`` and ``<name>.png`` next to the first run, or into ``--out``.
+
+Scaling (``kan-train -m experiment=paper_scaling`` for the KAN shapes, the MLP multirun of that
+preset's header for the MLPs; any run or sweep directories)::
+
+    python -m kan_lightning.analysis.grid_extension --scaling <dir> [<dir> ...] --out DIR [--name paper_scaling]
+
+finds every completed run below the given directories: KAN runs give one point per grid stage,
+runs without stages (the MLPs) one point each (final ``test/rmse`` and ``num_parameters``); all go
+into one log-log figure with the ``N^-4`` line of cubic-spline theory.
+
+Only files are read here: no Lightning or Hydra import.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
-from kan_lightning.analysis.scaling import fit_before_floor
+from kan_lightning.analysis.scaling import PowerLaw, fit_before_floor
 
+METRICS_FILE = "metrics.json"
 STAGES_KEY = ("callbacks", "grid_extension", "stages")
+THEORY_SLOPE = -4.0  # cubic splines: RMSE ~ G^-(k+1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_record(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS_FILE} in {str(run_dir)!r}")
+    return json.loads(path.read_text())
+
+
+def record_stages(record: dict) -> list[dict]:
+    """The grid stages of a run record (empty when it has none)."""
+    node: Any = record
+    for key in STAGES_KEY:
+        node = node.get(key) if isinstance(node, dict) else None
+    return list(node or [])
 
 
 def load_stages(run_dir: str | Path) -> list[dict]:
     """The per-grid records of a run (``grid``, ``num_parameters``, ``train/rmse``, ``test/rmse``)."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics.json in {str(run_dir)!r}")
-    node = json.loads(path.read_text())
-    for key in STAGES_KEY:
-        node = node.get(key) if isinstance(node, dict) else None
-    if not node:
-        raise ValueError(f"{path} has no grid-extension stages (was the run made with callbacks grid_extension?)")
-    return node
+    stages = record_stages(load_record(run_dir))
+    if not stages:
+        raise ValueError(
+            f"{Path(run_dir) / METRICS_FILE} has no grid-extension stages (was the run made with "
+            "callbacks grid_extension and evaluate_splits?)"
+        )
+    return stages
 
 
-def stage_table(stages: Sequence[dict], metric: str = "test/rmse", label: str = "") -> tuple[str, float | None]:
-    """A Markdown table of the stages and the power-law slope of ``metric`` against grid size,
-    fitted over the grids before the error floor."""
-    lines = [
-        f"| {label or 'grid'} | parameters | train RMSE | test RMSE |",
-        "|---|---|---|---|",
-    ]
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories (holding ``metrics.json``) given directly or found below sweep/output
+    directories, in sorted order without duplicates."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / METRICS_FILE).is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(p.parent for p in path.rglob(METRICS_FILE)))
+        else:
+            raise FileNotFoundError(f"{str(path)!r} is not a directory")
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def parse_reference(text: str) -> tuple[str, dict[int, float]]:
+    """``"pykan 0.2.8=3:1.5e-3,5:7.3e-4"`` -> ``("pykan 0.2.8", {3: 1.5e-3, 5: 7.3e-4})``."""
+    label, sep, pairs = text.rpartition("=")
+    if not sep:
+        label, pairs = "reference", text
+    values: dict[int, float] = {}
+    for item in pairs.split(","):
+        grid, colon, value = item.strip().partition(":")
+        if not colon:
+            raise ValueError(f"reference entry {item!r} is not grid:value")
+        values[int(grid)] = float(value)
+    return label.strip() or "reference", values
+
+
+# ---------------------------------------------------------------------------------------------
+# Slopes and tables
+
+
+def stage_slope(stages: Sequence[dict], metric: str = "test/rmse", x_key: str = "grid") -> PowerLaw:
+    """Power law of ``metric`` against ``x_key`` over the stages before the error floor."""
+    usable = [s for s in stages if _positive(s.get(metric)) and _positive(s.get(x_key))]
+    return fit_before_floor([s[x_key] for s in usable], [s[metric] for s in usable])
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _cell(value: Any, fmt: str = ".3g") -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return format(value, fmt)
+    return "—"
+
+
+def stage_table(
+    stages: Sequence[dict],
+    metric: str = "test/rmse",
+    label: str = "",
+    reference: tuple[str, dict[int, float]] | None = None,
+) -> tuple[str, float | None]:
+    """A Markdown table of the stages and the power-law slope of ``metric`` against grid size
+    (and parameter count), fitted over the grids before the error floor. Returns the text and
+    the slope against grid size (``None`` when none could be fitted)."""
+    ref_label, ref = reference or ("", {})
+    timed = any("time_s" in s for s in stages)
+    header = [label or "grid", "parameters", "epochs", "train RMSE", "test RMSE"]
+    if ref:
+        header.append(f"{ref_label} test RMSE")
+    if timed:
+        header.append("time (s)")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for s in stages:
-        lines.append(f"| {s['grid']} | {s['num_parameters']} | {s['train/rmse']:.3g} | {s['test/rmse']:.3g} |")
+        row = [str(s["grid"]), str(s["num_parameters"]), str(s.get("epoch", "—")), _cell(s.get("train/rmse")), _cell(s.get("test/rmse"))]
+        if ref:
+            row.append(_cell(ref.get(int(s["grid"]))))
+        if timed:
+            row.append(_cell(s.get("time_s"), ".1f"))
+        lines.append("| " + " | ".join(row) + " |")
     slope = None
+    lines.append("")
     try:
-        law = fit_before_floor([s["grid"] for s in stages], [s[metric] for s in stages])
+        law = stage_slope(stages, metric)
         slope = law.slope
         used = [stages[i]["grid"] for i in law.points]
-        lines.append("")
-        lines.append(f"Fitted slope of {metric} vs grid size over G = {used[0]}..{used[-1]}: **{slope:.2f}** (cubic-spline theory: -4).")
+        by_params = stage_slope(stages, metric, "num_parameters").slope
+        lines.append(
+            f"Fitted slope of {metric} over G = {used[0]}..{used[-1]} (before the error floor): "
+            f"**{slope:.2f}** against grid size, {by_params:.2f} against parameter count "
+            f"(cubic-spline theory: {THEORY_SLOPE:.0f})."
+        )
     except ValueError as err:
-        lines.append("")
         lines.append(f"No slope fitted: {err}")
     return "\n".join(lines), slope
 
 
-def plot_stages(runs: dict[str, Sequence[dict]], path: Path, x_key: str = "grid") -> Path:
-    """Log-log plot of train and test RMSE against grid size (or parameter count), one line
-    pair per run, with the G^-4 reference line."""
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _figure(size=(6, 4.2)):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4.2))
+    fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _theory_line(ax, xs: Sequence[float], x0: float, y0: float, slope: float = THEORY_SLOPE, label: str | None = None) -> None:
+    lo, hi = min(xs), max(xs)
+    ax.plot([lo, hi], [y0 * (lo / x0) ** slope, y0 * (hi / x0) ** slope], "k:", label=label or f"slope {slope:g}")
+
+
+def plot_stages(
+    runs: dict[str, Sequence[dict]],
+    path: Path,
+    x_key: str = "grid",
+    reference: tuple[str, dict[int, float]] | None = None,
+) -> Path:
+    """Log-log plot of train and test RMSE against grid size (or parameter count), one line
+    pair per run, with the slope -4 line through the first test point (and a reference curve
+    against grid size, e.g. pykan's)."""
+    fig = _figure()
     ax = fig.add_subplot()
     for name, stages in runs.items():
-        xs = [s[x_key] for s in stages]
-        line = ax.plot(xs, [s["test/rmse"] for s in stages], "o-", label=f"{name} test")[0]
-        ax.plot(xs, [s["train/rmse"] for s in stages], "x--", color=line.get_color(), alpha=0.6, label=f"{name} train")
-    first = next(iter(runs.values()))
-    x0, y0 = first[0][x_key], first[0]["test/rmse"]
-    xs = [s[x_key] for s in first]
-    ax.plot(xs, [y0 * (x / x0) ** -4 for x in xs], "k:", label="slope -4")
+        pts = [s for s in stages if _positive(s.get("test/rmse"))]
+        xs = [s[x_key] for s in pts]
+        line = ax.plot(xs, [s["test/rmse"] for s in pts], "o-", label=f"{name} test")[0]
+        train = [s for s in pts if _positive(s.get("train/rmse"))]
+        ax.plot([s[x_key] for s in train], [s["train/rmse"] for s in train], "x--", color=line.get_color(), alpha=0.6, label=f"{name} train")
+    first = [s for s in next(iter(runs.values())) if _positive(s.get("test/rmse"))]
+    if first:
+        _theory_line(ax, [s[x_key] for s in first], first[0][x_key], first[0]["test/rmse"], label=f"slope {THEORY_SLOPE:g}")
+    if reference and reference[1] and x_key == "grid":
+        grids = sorted(reference[1])
+        ax.plot(grids, [reference[1][g] for g in grids], "s:", color="grey", label=f"{reference[0]} test")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("grid size G" if x_key == "grid" else "parameters")
@@ -78,32 +206,181 @@ def plot_stages(runs: dict[str, Sequence[dict]], path: Path, x_key: str = "grid"
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Scaling: KAN grid stages and MLP runs on one figure
+
+
+@dataclass
+class ScalingSeries:
+    """One curve of the scaling figure: a KAN shape (points = grid stages) or an MLP depth
+    (points = runs of different widths)."""
+
+    kind: str  # "KAN" or "MLP"
+    label: str
+    points: list[dict] = field(default_factory=list)  # num_parameters, test/rmse, train/rmse, (grid | widths)
+
+
+def _widths_text(widths: Sequence[int]) -> str:
+    return "[" + ", ".join(str(w) for w in widths) + "]"
+
+
+def scaling_series(run_dirs: Iterable[Path]) -> list[ScalingSeries]:
+    """KAN series (one per run: its grid stages) and MLP series (one per depth: its runs, sorted
+    by parameter count) from completed runs."""
+    kan: list[ScalingSeries] = []
+    mlp: dict[int, ScalingSeries] = {}
+    for run in run_dirs:
+        record = load_record(run)
+        if record.get("status") != "completed":
+            continue
+        model = (record.get("config") or {}).get("model") or {}
+        widths = list(model.get("layers_hidden") or [])
+        stages = record_stages(record)
+        if stages:
+            label = f"KAN {_widths_text(widths)}" if widths else f"KAN {run.name}"
+            points = [
+                {"num_parameters": s["num_parameters"], "test/rmse": s.get("test/rmse"), "train/rmse": s.get("train/rmse"), "grid": s["grid"]}
+                for s in stages
+            ]
+            kan.append(ScalingSeries("KAN", label, points))
+            continue
+        metrics = record.get("metrics") or {}
+        if not _positive(metrics.get("test/rmse")):
+            continue
+        kind = "MLP" if str(model.get("_target_", "")).endswith("MLP") else "model"
+        depth = max(len(widths) - 2, 0)
+        series = mlp.setdefault(depth, ScalingSeries(kind, f"{kind} depth {depth}"))
+        series.points.append(
+            {"num_parameters": record.get("num_parameters"), "test/rmse": metrics.get("test/rmse"), "train/rmse": metrics.get("train/rmse"), "widths": widths}
+        )
+    for series in mlp.values():
+        series.points.sort(key=lambda p: p["num_parameters"])
+    # identical labels (the same shape twice): number them
+    seen: dict[str, int] = {}
+    for series in kan:
+        seen[series.label] = seen.get(series.label, 0) + 1
+        if seen[series.label] > 1:
+            series.label += f" ({seen[series.label]})"
+    return kan + [mlp[d] for d in sorted(mlp)]
+
+
+def plot_scaling(series: Sequence[ScalingSeries], path: Path) -> Path:
+    """Test RMSE against parameter count, log-log: KAN lines (grid stages), MLP lines (widths),
+    and the N^-4 line of cubic-spline theory through the best KAN's first point."""
+    fig = _figure((6.4, 4.5))
+    ax = fig.add_subplot()
+    xs_all: list[float] = []
+    for s in series:
+        pts = [p for p in s.points if _positive(p.get("test/rmse"))]
+        xs = [p["num_parameters"] for p in pts]
+        xs_all += xs
+        style = "o-" if s.kind == "KAN" else "s--"
+        ax.plot(xs, [p["test/rmse"] for p in pts], style, label=s.label)
+    kans = [s for s in series if s.kind == "KAN" and any(_positive(p.get("test/rmse")) for p in s.points)]
+    if kans and xs_all:
+        best = min(kans, key=lambda s: min(p["test/rmse"] for p in s.points if _positive(p.get("test/rmse"))))
+        p0 = next(p for p in best.points if _positive(p.get("test/rmse")))
+        _theory_line(ax, xs_all, p0["num_parameters"], p0["test/rmse"], label=f"N^{THEORY_SLOPE:g} (theory)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of parameters")
+    ax.set_ylabel("test RMSE")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def scaling_markdown(series: Sequence[ScalingSeries]) -> str:
+    """Per KAN shape: its stage table with the fitted slopes; then the MLP runs."""
+    parts = []
+    for s in series:
+        if s.kind != "KAN":
+            continue
+        stages = [{**p, "epoch": "—"} for p in s.points]
+        table, _ = stage_table(stages)
+        parts.append(f"### {s.label}\n\n{table}")
+    rows = [(s, p) for s in series if s.kind != "KAN" for p in s.points]
+    if rows:
+        lines = ["| model | widths | parameters | train RMSE | test RMSE |", "|---|---|---|---|---|"]
+        for s, p in sorted(rows, key=lambda sp: sp[1]["num_parameters"]):
+            lines.append(
+                f"| {s.label} | {_widths_text(p['widths'])} | {p['num_parameters']} | {_cell(p.get('train/rmse'))} | {_cell(p.get('test/rmse'))} |"
+            )
+        mlp_slopes = []
+        for s in series:
+            if s.kind != "KAN" and len(s.points) >= 2:
+                try:
+                    law = fit_before_floor([p["num_parameters"] for p in s.points], [p["test/rmse"] for p in s.points])
+                    mlp_slopes.append(f"{s.label}: {law.slope:.2f}")
+                except ValueError:
+                    mlp_slopes.append(f"{s.label}: no decreasing run")
+        text = "\n".join(lines)
+        if mlp_slopes:
+            text += "\n\nFitted slope of test RMSE against parameter count (before the floor): " + "; ".join(mlp_slopes) + "."
+        parts.append(f"### MLPs\n\n{text}")
+    return "\n\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _grid_extension_report(run_dirs: Sequence[Path], out: Path, name: str, x_key: str, reference) -> str:
+    runs: dict[str, list[dict]] = {}
+    walls: dict[str, float | None] = {}
+    for run in run_dirs:
+        key = run.name if len(run_dirs) > 1 else "KAN"
+        runs[key] = load_stages(run)
+        walls[key] = load_record(run).get("wall_time_s")
+    parts = []
+    for key, stages in runs.items():
+        table, _ = stage_table(stages, label="grid", reference=reference)
+        wall = walls[key]
+        if isinstance(wall, (int, float)):
+            table += f"\n\nWall time of the run (fit + test): {wall:.1f} s."
+        parts.append(f"### {key}\n\n{table}" if len(runs) > 1 else table)
+    text = "\n\n".join(parts) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text)
+    plot_stages(runs, out / f"{name}.png", x_key, reference)
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kan_lightning.analysis.grid_extension", description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (outputs/<task>/<time>)")
-    parser.add_argument("--out", type=Path, help="where to write grid_extension.md/.png (default: the first run)")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (outputs/<task>/<time>); with --scaling also sweep directories")
+    parser.add_argument("--out", type=Path, help="where to write <name>.md/.png (default: the first directory)")
+    parser.add_argument("--name", help="file name stem (default: grid_extension, or paper_scaling with --scaling)")
     parser.add_argument("--x", choices=("grid", "num_parameters"), default="grid", help="plot against grid size or parameters")
+    parser.add_argument("--reference", help='a reference test RMSE per grid for table and plot, "label=G:rmse,G:rmse,..."')
+    parser.add_argument("--scaling", action="store_true", help="the KAN-vs-MLP figure: test RMSE against parameters for every run found")
     args = parser.parse_args(argv)
+    out = args.out or args.runs[0]
     try:
-        runs = {run.name if len(args.runs) > 1 else "KAN": load_stages(run) for run in args.runs}
+        reference = parse_reference(args.reference) if args.reference else None
+        if args.scaling:
+            name = args.name or "paper_scaling"
+            series = scaling_series(find_runs(args.runs))
+            if not series:
+                raise ValueError(f"no completed runs below {', '.join(map(str, args.runs))}")
+            out.mkdir(parents=True, exist_ok=True)
+            text = scaling_markdown(series)
+            (out / f"{name}.md").write_text(text)
+            plot_scaling(series, out / f"{name}.png")
+        else:
+            name = args.name or "grid_extension"
+            text = _grid_extension_report(args.runs, out, name, args.x, reference)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = args.out or args.runs[0]
-    out.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for name, stages in runs.items():
-        table, _ = stage_table(stages, label="grid")
-        parts.append(f"### {name}\n\n{table}" if len(runs) > 1 else table)
-    text = "\n\n".join(parts) + "\n"
-    (out / "grid_extension.md").write_text(text)
-    plot_stages(runs, out / "grid_extension.png", args.x)
     print(text, end="")
-    print(f"wrote {out / 'grid_extension.md'} and {out / 'grid_extension.png'}")
+    print(f"wrote {out / (name + '.md')} and {out / (name + '.png')}")
     return 0
 
 

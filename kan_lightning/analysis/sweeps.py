@@ -4,6 +4,12 @@
 (or ``python -m kan_lightning.analysis.sweeps ...``) writes ``summary.csv``, ``summary.md`` and
 one ``summary_<param>.png`` per swept parameter into the sweep directory.
 
+``kan-sweep-summary <dir> --group-by data.function,model --aggregate seed`` also writes
+``summary_grouped.csv`` and ``summary_grouped.md``: one row per combination of the group-by
+override values (``model=kan`` appears as ``model: kan``), with the mean and standard deviation
+of every metric over the completed jobs of the group (the seeds). Swept keys that are neither
+grouped by nor aggregated over are added to the grouping, so nothing is averaged silently.
+
 Each job directory holds ``.hydra/overrides.yaml`` (written by Hydra before the job starts) and,
 once the job has finished, ``metrics.json`` (written by ``kan_lightning.train``). Only files are
 read here: no Lightning or Hydra import.
@@ -236,6 +242,144 @@ def write_summary(sweep_dir: str | Path, rows: Sequence[dict[str, Any]], metrics
 
 
 # ---------------------------------------------------------------------------------------------
+# Grouped tables (mean and std over seeds)
+
+
+def _split_keys(text: str | None) -> list[str]:
+    return [k.strip() for k in (text or "").split(",") if k.strip()]
+
+
+def grouping_keys(rows: Sequence[dict[str, Any]], group_by: Sequence[str], aggregate: Sequence[str] | None = None) -> list[str]:
+    """``group_by`` plus, when ``aggregate`` is given, every other swept key that is not
+    aggregated over (so a sweep over seeds and learning rates, aggregated over seeds only,
+    keeps one row per learning rate)."""
+    keys = list(dict.fromkeys(group_by))
+    if aggregate is not None:
+        keys += [k for k in swept_parameters(rows) if k not in keys and k not in aggregate]
+    return keys
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``n - 1``; NaN for a single value)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan
+    mean = math.fsum(values) / n
+    if n == 1:
+        return mean, math.nan
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def grouped_table(
+    rows: Sequence[dict[str, Any]],
+    group_by: Sequence[str],
+    aggregate: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One record per group (first-appearance order): the group's key values, ``jobs``,
+    ``completed``, for each ``aggregate`` key the values seen (``"1,2,3"``), and for each metric
+    ``<metric>_mean``, ``<metric>_std`` over the completed jobs with a finite value (``n - 1``
+    standard deviation), and ``<metric>_n`` (how many values went in)."""
+    if not group_by:
+        raise ValueError("group_by needs at least one override key")
+    keys = grouping_keys(rows, group_by, aggregate)
+    metrics = list(metrics) if metrics is not None else default_metrics(rows)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row["overrides"].get(k) for k in keys), []).append(row)
+    records = []
+    for values, members in groups.items():
+        done = [r for r in members if r["status"] == COMPLETED]
+        record: dict[str, Any] = dict(zip(keys, values))
+        record["jobs"] = len(members)
+        record["completed"] = len(done)
+        for key in aggregate or []:
+            seen = list(dict.fromkeys(r["overrides"].get(key) for r in members))
+            record[key] = ",".join(format_value(v) for v in seen)
+        for metric in metrics:
+            finite = [float(r["metrics"][metric]) for r in done if _finite(r["metrics"].get(metric))]
+            mean, std = mean_std(finite)
+            record[f"{metric}_mean"], record[f"{metric}_std"], record[f"{metric}_n"] = mean, std, len(finite)
+        records.append(record)
+    return records
+
+
+def format_mean_std(mean: float, std: float) -> str:
+    """``1.23e-04 ± 4.5e-05``; just the mean when the spread is 0 (parameter counts) or unknown."""
+    if not _finite(mean):
+        return "—"
+    if float(mean).is_integer() and (std == 0 or not _finite(std)) and abs(mean) < 1e15:
+        return str(int(mean))
+    if not _finite(std):
+        return f"{mean:.3g}"
+    if std == 0:
+        return f"{mean:.4g}"
+    return f"{mean:.3g} ± {std:.2g}"
+
+
+def grouped_markdown(records: Sequence[dict[str, Any]], metrics: Sequence[str], title: str | None = None, note: str | None = None) -> str:
+    """The grouped records as Markdown: key columns, job counts, ``mean ± std`` per metric."""
+    if not records:
+        return ""
+    stat_suffixes = ("_mean", "_std", "_n")
+    plain = [c for c in records[0] if not any(c == f"{m}{s}" for m in metrics for s in stat_suffixes)]
+    header = plain + [f"{m} (mean ± std)" for m in metrics]
+    lines = [f"# {title}\n" if title else "", f"{note}\n" if note else ""]
+    lines = [line for line in lines if line]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    for record in records:
+        cells = [format_value(record[c]) for c in plain]
+        cells += [format_mean_std(record[f"{m}_mean"], record[f"{m}_std"]) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def pivot_markdown(records: Sequence[dict[str, Any]], row_key: str, column_key: str, metric: str) -> str:
+    """``metric`` as ``mean ± std`` with one row per ``row_key`` value and one column per
+    ``column_key`` value (e.g. functions x models)."""
+    row_values = list(dict.fromkeys(r.get(row_key) for r in records))
+    col_values = list(dict.fromkeys(r.get(column_key) for r in records))
+    cell = {(r.get(row_key), r.get(column_key)): format_mean_std(r[f"{metric}_mean"], r[f"{metric}_std"]) for r in records}
+    lines = [
+        "| " + " | ".join([row_key, *(format_value(c) for c in col_values)]) + " |",
+        "|" + "|".join("---" for _ in range(len(col_values) + 1)) + "|",
+    ]
+    for rv in row_values:
+        lines.append("| " + " | ".join([format_value(rv), *(cell.get((rv, cv), "—") for cv in col_values)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_grouped_summary(
+    sweep_dir: str | Path,
+    rows: Sequence[dict[str, Any]],
+    group_by: Sequence[str],
+    aggregate: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``summary_grouped.csv`` (full precision) and ``summary_grouped.md``."""
+    sweep_dir = Path(sweep_dir)
+    metrics = list(metrics) if metrics is not None else default_metrics(rows)
+    records = grouped_table(rows, group_by, aggregate, metrics)
+    keys = grouping_keys(rows, group_by, aggregate)
+    csv_path, md_path = sweep_dir / "summary_grouped.csv", sweep_dir / "summary_grouped.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else [*keys, "jobs", "completed"])
+        writer.writeheader()
+        writer.writerows(records)
+    over = ", ".join(aggregate) if aggregate else "the other jobs of each group"
+    extra = [k for k in keys if k not in group_by]
+    note = (
+        f"{len(rows)} jobs in {len(records)} groups by {', '.join(keys)}"
+        + (f" ({', '.join(extra)} added: swept but not aggregated)" if extra else "")
+        + f"; mean ± sample std (n - 1) over {over}, completed jobs only."
+    )
+    title = f"Sweep {'/'.join(sweep_dir.resolve().parts[-2:])}, grouped"
+    md_path.write_text(grouped_markdown(records, metrics, title=title, note=note))
+    return csv_path, md_path
+
+
+# ---------------------------------------------------------------------------------------------
 # Plots
 
 
@@ -315,8 +459,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--metrics",
         help="comma-separated metric columns (default: every test/* and val/* metric, parameters, wall time)",
     )
+    parser.add_argument(
+        "--group-by",
+        help="comma-separated override keys (e.g. data.function,model): also write summary_grouped.md/csv "
+        "with the mean ± std of every metric per group",
+    )
+    parser.add_argument(
+        "--aggregate",
+        help="comma-separated override keys averaged over within a group (e.g. seed); other swept keys "
+        "are then grouped by too (default: average over everything not grouped by)",
+    )
     args = parser.parse_args(argv)
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    metrics = _split_keys(args.metrics) or None
+    group_by, aggregate = _split_keys(args.group_by), _split_keys(args.aggregate) or None
+    if aggregate and not group_by:
+        parser.error("--aggregate needs --group-by")
 
     if not args.sweep_dir.is_dir():
         print(f"kan-sweep-summary: error: {args.sweep_dir} is not a directory", file=sys.stderr)
@@ -334,6 +491,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     _, md_path = write_summary(args.sweep_dir, rows, metrics=metrics, sort_by=args.metric)
     print(md_path.read_text(), end="")
+    if group_by:
+        unknown = [k for k in [*group_by, *(aggregate or [])] if not any(k in row["overrides"] for row in rows)]
+        if unknown:
+            print(f"kan-sweep-summary: warning: no job has the override(s) {', '.join(unknown)}", file=sys.stderr)
+        _, grouped_path = write_grouped_summary(args.sweep_dir, rows, group_by, aggregate, metrics)
+        print()
+        print(grouped_path.read_text(), end="")
     if not args.no_plot:
         for path in plot_sweep(args.sweep_dir, rows, args.metric):
             print(f"wrote {path}")

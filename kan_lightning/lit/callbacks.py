@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -157,7 +158,8 @@ class GridExtension(L.Callback):
     switch, and at the end of fit) is evaluated too: the RMSE of the model on those splits of
     ``trainer.datamodule`` (``x_<split>``/``y_<split>``, whole split, in the targets' original
     units through ``pl_module.denormalize``). :attr:`stages` lists
-    ``{grid, epoch, step, num_parameters, <split>/rmse...}`` (``epoch``: epochs completed) and
+    ``{stage, grid, epoch, step, num_parameters, time_s, <split>/rmse...}`` (``epoch``: epochs
+    completed; ``time_s``: seconds since the fit started) and
     each value goes to the loggers as ``grid_stage/<split>_rmse`` (also ``grid_stage/num_parameters``)
     with the grid size as the step. Under DDP rank 0 computes on its full copy of the data and
     broadcasts the record, so every rank keeps the same list. :meth:`report` returns
@@ -220,6 +222,7 @@ class GridExtension(L.Callback):
         self.history: list[dict] = []
         self.stages: list[dict] = []
         self._warned_no_data = False
+        self._fit_start: float | None = None
         self._best = math.inf
         self._wait = 0
         self._pending = False
@@ -229,6 +232,7 @@ class GridExtension(L.Callback):
         return self.grids[self.stage]
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.monotonic()
         model = _network(pl_module)
         if not hasattr(model, "extend_grid"):
             raise TypeError(f"GridExtension needs a model with extend_grid (a KAN), got {type(model).__name__}")
@@ -336,6 +340,8 @@ class GridExtension(L.Callback):
             "epoch": int(trainer.current_epoch),
             "step": int(trainer.global_step),
             "num_parameters": int(sum(p.numel() for p in model.parameters())),
+            # seconds since this fit started (evaluation excluded)
+            "time_s": time.monotonic() - self._fit_start if self._fit_start is not None else None,
         }
         datamodule = getattr(trainer, "datamodule", None)
         for split in self.evaluate_splits:

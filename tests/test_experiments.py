@@ -1,0 +1,392 @@
+"""The experiment presets (guide_suite, paper_grid_extension, paper_scaling), reduced to tiny
+sample counts and a few steps, end to end with their tables and plots; the grid-extension stage
+evaluation against a direct RMSE computation; the grouped sweep table on synthetic jobs."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from hydra.utils import instantiate
+
+from kan_lightning.analysis import grid_extension as ge
+from kan_lightning.analysis.scaling import kan_parameter_count, matching_mlp_widths, mlp_parameter_count
+from kan_lightning.analysis.sweeps import (
+    grouped_markdown,
+    grouped_table,
+    load_sweep,
+    main as sweep_main,
+    mean_std,
+    pivot_markdown,
+    write_grouped_summary,
+)
+from kan_lightning.data import SyntheticFunctionDataModule
+from kan_lightning.lit import GridExtension, KANRegressor
+from kan_lightning.nn import KAN
+from kan_lightning.train import train
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# GridExtension stage evaluation
+
+
+class Snapshot(L.Callback):
+    """Keeps a copy of the network at the start of every epoch in ``epochs`` (placed before
+    GridExtension in the callback list, it sees the network of the stage that just ended)."""
+
+    def __init__(self, epochs) -> None:
+        self.epochs = set(epochs)
+        self.models: dict[int, torch.nn.Module] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch in self.epochs and trainer.current_epoch not in self.models:
+            self.models[trainer.current_epoch] = copy.deepcopy(pl_module.model)
+
+
+def _direct_rmse(model: torch.nn.Module, data: SyntheticFunctionDataModule, split: str) -> float:
+    """RMSE in original units: the network's standardized output and the datamodule's targets
+    both mapped back with the datamodule's own target normalization."""
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    norm = data.normalization
+    mean, std = norm["y_mean"].double(), norm["y_std"].double()
+    with torch.no_grad():
+        pred = model(x.double()).double() * std + mean
+    raw = y.double() * std + mean
+    return float((pred - raw).pow(2).mean().sqrt())
+
+
+def _compose_with_hydra(*overrides: str):
+    """The composed config with its ``hydra`` node (the sweep parameters of a preset)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("kan_lightning.conf", version_base="1.3"):
+            return compose("train", overrides=list(overrides), return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_stage_evaluation_matches_direct_rmse(tmp_path):
+    L.seed_everything(0, verbose=False)
+    data = SyntheticFunctionDataModule(
+        function="paper_exp_sin", n_samples=300, split=(0.5, 0.2, 0.3), batch_size="full", seed=3,
+        normalize_targets=True,
+    )
+    module = KANRegressor(KAN([2, 3, 1], grid_size=3), optimizer=lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"))
+    extension = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], evaluate_splits=["train", "val", "test"])
+    snapshot = Snapshot([2, 4])
+    csv_logger = L.pytorch.loggers.CSVLogger(tmp_path, name="csv", version="")
+    trainer = L.Trainer(
+        max_epochs=5, logger=csv_logger, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, precision="64-true", callbacks=[snapshot, extension],
+    )
+    trainer.fit(module, datamodule=data)
+
+    report = extension.report()
+    stages = report["stages"]
+    assert [s["grid"] for s in stages] == [3, 5, 8]
+    assert [(s["epoch"], s["step"]) for s in stages] == [(2, 2), (4, 4), (5, 5)]
+    assert [s["num_parameters"] for s in stages] == [kan_parameter_count([2, 3, 1], g, 3) for g in (3, 5, 8)]
+    assert [(h["from"], h["to"]) for h in report["history"]] == [(3, 5), (5, 8)]
+    models = [snapshot.models[2], snapshot.models[4], module.model]
+    for stage, model in zip(stages, models):
+        for split in ("train", "val", "test"):
+            assert stage[f"{split}/rmse"] == pytest.approx(_direct_rmse(model, data, split), rel=1e-5), (stage["grid"], split)
+        assert stage["time_s"] >= 0
+    assert stages[-1]["test/rmse"] < stages[0]["test/rmse"]
+    json.dumps(report)  # goes into metrics.json
+
+    # logged with the grid as the step
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    logged = {int(r["step"]): float(r["grid_stage/test_rmse"]) for r in rows if r.get("grid_stage/test_rmse")}
+    assert logged == pytest.approx({s["grid"]: s["test/rmse"] for s in stages})
+
+    # stages survive a checkpoint round trip
+    restored = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], evaluate_splits=["test"])
+    restored.load_state_dict(extension.state_dict())
+    assert restored.report() == report
+
+
+def test_stage_evaluation_arguments():
+    with pytest.raises(ValueError, match="evaluate_splits"):
+        GridExtension(grids=[3, 5], evaluate_splits=["train", "holdout"])
+    with pytest.raises(ValueError, match="evaluate_splits"):
+        GridExtension(grids=[3, 5], evaluate_splits=["test", "test"])
+    assert GridExtension(grids=[3]).report() == {"stages": [], "history": []}
+
+
+# ---------------------------------------------------------------------------------------------
+# paper_grid_extension
+
+
+def test_paper_grid_extension_preset(make_cfg):
+    cfg = make_cfg("experiment=paper_grid_extension")
+    ext = cfg.callbacks.grid_extension
+    assert cfg.model.layers_hidden == [2, 5, 1] and cfg.model.spline_order == 3
+    assert cfg.model.grid_size == ext.grids[0] == 3 and list(ext.grids) == [3, 5, 10, 20, 50, 100]
+    assert cfg.trainer.precision == "64-true" and cfg.data.batch_size == "full"
+    assert cfg.optimizer._target_ == "torch.optim.LBFGS"
+    assert cfg.trainer.max_epochs % len(ext.grids) == 0  # equal LBFGS steps per grid
+    assert list(ext.evaluate_splits) == ["train", "test"]
+    assert cfg.callbacks.grid_update.stop_step <= cfg.trainer.max_epochs // len(ext.grids)  # first stage only
+    data = instantiate(cfg.data)
+    data.setup()
+    assert (data.x_train.shape[0], data.x_test.shape[0]) == (1000, 1000) and data.x_val.shape[0] > 0
+
+
+def test_paper_grid_extension_reduced_run_and_report(make_cfg, tmp_path):
+    cfg = make_cfg(
+        "experiment=paper_grid_extension", *QUIET, "data.n_samples=250", "trainer.max_epochs=9",
+        "callbacks.grid_extension.grids=[3,5,10]", "trainer.check_val_every_n_epoch=3",
+        "callbacks.grid_update.stop_step=2", "callbacks.grid_update.every_n_steps=1",
+    )
+    record = train(cfg)
+    assert record["status"] == "completed"
+    stages = record["callbacks"]["grid_extension"]["stages"]
+    assert [(s["grid"], s["epoch"]) for s in stages] == [(3, 3), (5, 6), (10, 9)]
+    assert all(math.isfinite(s["train/rmse"]) and math.isfinite(s["test/rmse"]) for s in stages)
+    # the final test of the last weights agrees with the last stage's evaluation
+    assert record["metrics"]["test/rmse"] == pytest.approx(stages[-1]["test/rmse"], rel=1e-6)
+
+    out = tmp_path / "report"
+    assert ge.main([str(tmp_path), "--out", str(out), "--reference", "pykan=3:1.5e-3,5:7.3e-4,10:2.2e-4"]) == 0
+    text = (out / "grid_extension.md").read_text()
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 3  # header + 3 grids
+    assert "pykan test RMSE" in text and ("Fitted slope" in text or "No slope fitted" in text)
+    assert (out / "grid_extension.png").stat().st_size > 1000
+
+
+def test_paper_grid_extension_any_formula(make_cfg, tmp_path):
+    """A user formula with its own domain and dimension, through the same preset."""
+    cfg = make_cfg(
+        "experiment=paper_grid_extension", *QUIET, "data=formula", "data.formula='x0*x1+sin(x2)'",
+        "data.input_dim=3", "data.domain=[-2,2]", "model.layers_hidden=[3,2,1]", "data.n_samples=150",
+        "trainer.max_epochs=4", "callbacks.grid_extension.grids=[3,6]", "trainer.check_val_every_n_epoch=2",
+    )
+    record = train(cfg)
+    stages = record["callbacks"]["grid_extension"]["stages"]
+    assert [s["grid"] for s in stages] == [3, 6] and all(math.isfinite(s["test/rmse"]) for s in stages)
+
+
+# ---------------------------------------------------------------------------------------------
+# paper_scaling
+
+
+def test_paper_scaling_reduced_runs_and_figure(make_cfg, tmp_path):
+    params = _compose_with_hydra("experiment=paper_scaling").hydra.sweeper.params
+    assert "model.layers_hidden" in params  # the KAN shapes are a multirun
+    common = [*QUIET, "data.n_samples=250", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2",
+              "callbacks.grid_extension.grids=[3,6]", "callbacks.grid_update.stop_step=1"]
+    kan = train(make_cfg("experiment=paper_scaling", *common, "model.layers_hidden=[2,1,1]", output_dir=tmp_path / "kan"))
+    mlp_dirs = []
+    for widths in ("[2,4,1]", "[2,8,8,1]"):
+        out = tmp_path / f"mlp{len(mlp_dirs)}"
+        mlp = train(make_cfg("experiment=paper_scaling", *common, "model=mlp", f"model.layers_hidden={widths}",
+                             "~callbacks.grid_extension", output_dir=out))
+        assert mlp["status"] == "completed" and "callbacks" not in mlp
+        mlp_dirs.append(out)
+    assert [s["num_parameters"] for s in kan["callbacks"]["grid_extension"]["stages"]] == [
+        kan_parameter_count([2, 1, 1], g, 3) for g in (3, 6)
+    ]
+
+    series = ge.scaling_series(ge.find_runs([tmp_path]))
+    assert [(s.kind, s.label, len(s.points)) for s in series] == [("KAN", "KAN [2, 1, 1]", 2), ("MLP", "MLP depth 1", 1), ("MLP", "MLP depth 2", 1)]
+    assert series[2].points[0]["num_parameters"] == mlp_parameter_count([2, 8, 8, 1])
+    out = tmp_path / "fig"
+    assert ge.main(["--scaling", str(tmp_path), "--out", str(out)]) == 0
+    text = (out / "paper_scaling.md").read_text()
+    assert "### KAN [2, 1, 1]" in text and "### MLPs" in text and "[2, 8, 8, 1]" in text
+    assert (out / "paper_scaling.png").stat().st_size > 1000
+
+
+def test_scaling_series_and_tables_on_synthetic_runs(tmp_path):
+    def run(name, model, stages=None, test=None, status="completed", params=100):
+        d = tmp_path / "sweep" / name
+        d.mkdir(parents=True)
+        record = {"status": status, "num_parameters": params, "metrics": {"test/rmse": test, "train/rmse": test},
+                  "config": {"model": model}}
+        if stages:
+            record["callbacks"] = {"grid_extension": {"stages": stages, "history": []}}
+        (d / "metrics.json").write_text(json.dumps(record))
+
+    grids = [3, 5, 10, 20, 50]
+    stages = [{"grid": g, "num_parameters": kan_parameter_count([2, 1, 1], g, 3), "train/rmse": 2.0 * g**-4,
+               "test/rmse": 3.0 * g**-4 if g < 50 else 3.0 * 20**-4} for g in grids]
+    run("0", {"_target_": "kan_lightning.nn.KAN", "layers_hidden": [2, 1, 1]}, stages=stages)
+    run("1", {"_target_": "kan_lightning.nn.MLP", "layers_hidden": [2, 8, 1]}, test=1e-2, params=33)
+    run("2", {"_target_": "kan_lightning.nn.MLP", "layers_hidden": [2, 4, 1]}, test=2e-2, params=17)
+    run("3", {"_target_": "kan_lightning.nn.MLP", "layers_hidden": [2, 16, 1]}, test=None, status="failed")
+    series = ge.scaling_series(ge.find_runs([tmp_path / "sweep"]))
+    assert [s.label for s in series] == ["KAN [2, 1, 1]", "MLP depth 1"]
+    assert [p["widths"] for p in series[1].points] == [[2, 4, 1], [2, 8, 1]]  # sorted by parameters
+
+    table, slope = ge.stage_table(stages, reference=("pykan", {3: 1e-2}))
+    assert slope == pytest.approx(-4.0, abs=1e-9)  # the G=50 floor is left out of the fit
+    assert "G = 3..20" in table and "| 3 | 24 |" in table and "pykan test RMSE" in table
+    assert ge.parse_reference("pykan 0.2.8=3:1.5e-3, 5:7.3e-4") == ("pykan 0.2.8", {3: 1.5e-3, 5: 7.3e-4})
+    text = ge.scaling_markdown(series)
+    assert "**-4.00**" in text and "| MLP depth 1 | [2, 4, 1] | 17 |" in text
+    path = ge.plot_scaling(series, tmp_path / "s.png")
+    assert path.stat().st_size > 1000
+    path = ge.plot_stages({"KAN": stages}, tmp_path / "g.png", "num_parameters")
+    assert path.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# guide_suite
+
+
+def test_guide_suite_preset_and_matched_mlp(make_cfg):
+    params = _compose_with_hydra("experiment=guide_suite").hydra.sweeper.params
+    assert params["data.function"].split(",") == ["polynomial", "trigonometric", "exponential", "discontinuous", "high_frequency"]
+    assert params["model"] == "kan,mlp_guide" and len(str(params["seed"]).split(",")) >= 3
+    kan_cfg = make_cfg("experiment=guide_suite")
+    mlp_cfg = make_cfg("experiment=guide_suite", "model=mlp_guide")
+    kan = instantiate(kan_cfg.model, _convert_="all")
+    mlp = instantiate(mlp_cfg.model, _convert_="all")
+    n_kan, n_mlp = (sum(p.numel() for p in m.parameters()) for m in (kan, mlp))
+    assert n_kan == kan_parameter_count([2, 20, 20, 1], 5, 3) == 4600
+    assert list(mlp_cfg.model.layers_hidden) == matching_mlp_widths(n_kan, 2, 1, depth=2)
+    assert abs(n_mlp - n_kan) / n_kan < 0.05
+    # same data, optimizer and budget for both models
+    for key in ("data", "optimizer", "scheduler"):
+        assert kan_cfg[key] == mlp_cfg[key], key
+    assert kan_cfg.trainer.max_epochs == mlp_cfg.trainer.max_epochs
+    data = instantiate(kan_cfg.data)
+    data.setup()
+    assert data.x_test.shape[0] == 1000 and data.x_train.shape[0] + data.x_val.shape[0] == 4000
+
+
+def test_guide_suite_single_job_reduced(make_cfg, tmp_path):
+    record = train(make_cfg("experiment=guide_suite", *QUIET, "model=mlp_guide", "data.function=discontinuous",
+                            "data.n_samples=300", "trainer.max_epochs=2"))
+    assert record["status"] == "completed" and math.isfinite(record["metrics"]["test/mse"])
+    assert record["num_parameters"] == mlp_parameter_count([2, 65, 65, 1])
+
+
+@pytest.mark.slow
+def test_guide_suite_multirun_and_grouped_summary(tmp_path):
+    """A real multirun of the preset (its sweep, reduced from the command line: two functions,
+    two seeds, both models), then the grouped summary over seeds."""
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kan_lightning.train", "-m", "experiment=guide_suite", "data.function=polynomial,discontinuous",
+         "seed=1,2", "data.n_samples=200", "trainer.max_epochs=2", "logger=none", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = load_sweep(sweep_dir)
+    assert len(rows) == 8 and all(r["status"] == "completed" for r in rows)
+    assert {r["overrides"]["model"] for r in rows} == {"kan", "mlp_guide"}  # from the preset's sweep params
+    assert sweep_main([str(sweep_dir), "--no-plot", "--group-by", "data.function,model", "--aggregate", "seed"]) == 0
+    with (sweep_dir / "summary_grouped.csv").open() as f:
+        groups = list(csv.DictReader(f))
+    assert len(groups) == 4 and all(g["completed"] == "2" and g["seed"] == "1,2" for g in groups)
+    assert {int(float(g["num_parameters_mean"])) for g in groups} == {4600, 4551}
+    text = (sweep_dir / "summary_grouped.md").read_text()
+    assert "test/mse (mean ± std)" in text and "| polynomial | kan | 2 | 2 | 1,2 |" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped sweep tables (synthetic jobs)
+
+
+def _job(sweep: Path, name: str, overrides: list[str], status: str | None = "completed", metrics: dict | None = None, params: int = 100) -> None:
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if status is not None:
+        record = {"status": status, "metrics": metrics or {}, "num_parameters": params, "wall_time_s": 2.0, "overrides": overrides}
+        (job / "metrics.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def grouped_sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "sweep"
+    values = {("polynomial", "kan"): [1.0, 2.0, 3.0], ("polynomial", "mlp_guide"): [4.0, 6.0, 8.0],
+              ("discontinuous", "kan"): [0.5, 0.5, None], ("discontinuous", "mlp_guide"): [0.25, None, None]}
+    i = 0
+    for (function, model), mses in values.items():
+        for seed, mse in enumerate(mses, start=1):
+            overrides = ["experiment=guide_suite", f"data.function={function}", f"model={model}", f"seed={seed}"]
+            status = "completed" if mse is not None else ("failed" if seed == 3 else None)
+            _job(root, str(i), overrides, status, {"test/mse": mse} if mse is not None else {}, 4600 if model == "kan" else 4551)
+            i += 1
+    return root
+
+
+def test_mean_std():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    mean, std = mean_std([5.0])
+    assert mean == 5.0 and math.isnan(std)
+    assert all(math.isnan(v) for v in mean_std([]))
+
+
+def test_grouped_table_means_and_counts(grouped_sweep):
+    rows = load_sweep(grouped_sweep)
+    records = grouped_table(rows, ["data.function", "model"], ["seed"], ["test/mse", "num_parameters"])
+    by_key = {(r["data.function"], r["model"]): r for r in records}
+    assert list(by_key) == [("polynomial", "kan"), ("polynomial", "mlp_guide"), ("discontinuous", "kan"), ("discontinuous", "mlp_guide")]
+    r = by_key[("polynomial", "mlp_guide")]
+    assert (r["jobs"], r["completed"], r["seed"]) == (3, 3, "1,2,3")
+    assert r["test/mse_mean"] == pytest.approx(6.0) and r["test/mse_std"] == pytest.approx(2.0) and r["test/mse_n"] == 3
+    r = by_key[("discontinuous", "kan")]  # a failed job is counted but not averaged
+    assert (r["jobs"], r["completed"], r["test/mse_n"]) == (3, 2, 2)
+    assert r["test/mse_mean"] == pytest.approx(0.5) and r["test/mse_std"] == 0.0
+    r = by_key[("discontinuous", "mlp_guide")]
+    assert r["completed"] == 1 and r["test/mse_mean"] == 0.25 and math.isnan(r["test/mse_std"])
+    assert by_key[("polynomial", "kan")]["num_parameters_mean"] == 4600
+
+    text = grouped_markdown(records, ["test/mse", "num_parameters"])
+    assert "| polynomial | mlp_guide | 3 | 3 | 1,2,3 | 6 ± 2 | 4551 |" in text
+    assert "| discontinuous | mlp_guide | 3 | 1 | 1,2,3 | 0.25 | 4551 |" in text
+    pivot = pivot_markdown(records, "data.function", "model", "test/mse")
+    assert pivot.splitlines()[0] == "| data.function | kan | mlp_guide |"
+    assert "| polynomial | 2 ± 1 | 6 ± 2 |" in pivot
+
+
+def test_grouping_keeps_swept_keys_that_are_not_aggregated(tmp_path):
+    root = tmp_path / "s"
+    for i, (lr, seed, mse) in enumerate([(0.1, 1, 1.0), (0.1, 2, 3.0), (0.01, 1, 5.0), (0.01, 2, 7.0)]):
+        _job(root, str(i), ["model=kan", f"optimizer.lr={lr}", f"seed={seed}"], metrics={"test/mse": mse})
+    rows = load_sweep(root)
+    with_lr = grouped_table(rows, ["model"], ["seed"], ["test/mse"])
+    assert [(r["optimizer.lr"], r["test/mse_mean"]) for r in with_lr] == [(0.1, 2.0), (0.01, 6.0)]
+    everything = grouped_table(rows, ["model"], None, ["test/mse"])  # no --aggregate: all averaged
+    assert len(everything) == 1 and everything[0]["test/mse_mean"] == 4.0
+    csv_path, md_path = write_grouped_summary(root, rows, ["model"], ["seed"], ["test/mse"])
+    assert "optimizer.lr added" in md_path.read_text()
+    with csv_path.open() as f:
+        assert [float(r["test/mse_mean"]) for r in csv.DictReader(f)] == [2.0, 6.0]
+
+
+def test_grouped_summary_cli(grouped_sweep, capsys):
+    assert sweep_main([str(grouped_sweep), "--no-plot", "--group-by", "data.function,model", "--aggregate", "seed", "--metrics", "test/mse"]) == 0
+    out = capsys.readouterr().out
+    assert "grouped" in out and "6 ± 2" in out
+    assert (grouped_sweep / "summary_grouped.md").is_file() and (grouped_sweep / "summary_grouped.csv").is_file()
+    with pytest.raises(SystemExit):
+        sweep_main([str(grouped_sweep), "--aggregate", "seed"])  # --aggregate needs --group-by
