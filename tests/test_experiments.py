@@ -390,3 +390,29 @@ def test_grouped_summary_cli(grouped_sweep, capsys):
     assert (grouped_sweep / "summary_grouped.md").is_file() and (grouped_sweep / "summary_grouped.csv").is_file()
     with pytest.raises(SystemExit):
         sweep_main([str(grouped_sweep), "--aggregate", "seed"])  # --aggregate needs --group-by
+
+
+@pytest.mark.slow
+def test_stage_evaluation_under_ddp_matches_single_process(tmp_path):
+    """Rank 0 evaluates on its full copy of the data and broadcasts: the stages of a 2-process
+    DDP run equal those of a single process (full-batch Adam: the same steps; LBFGS line searches
+    would see each rank's own half of the loss)."""
+    common = [
+        "experiment=paper_grid_extension", *QUIET, "logger=none", "data.n_samples=250", "trainer.max_epochs=6",
+        "optimizer=adam", "~optimizer.history_size",
+        "callbacks.grid_extension.grids=[3,5]", "trainer.check_val_every_n_epoch=3", "trainer.precision=64-true",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    stages = {}
+    for name, extra in (("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]), ("single", [])):
+        proc = subprocess.run(
+            [sys.executable, "-m", "kan_lightning.train", *common, *extra, f"hydra.run.dir={tmp_path / name}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        stages[name] = json.loads((tmp_path / name / "metrics.json").read_text())["callbacks"]["grid_extension"]["stages"]
+    assert [s["grid"] for s in stages["ddp"]] == [s["grid"] for s in stages["single"]] == [3, 5]
+    for ddp, single in zip(stages["ddp"], stages["single"]):
+        assert (ddp["epoch"], ddp["step"], ddp["num_parameters"]) == (single["epoch"], single["step"], single["num_parameters"])
+        for key in ("train/rmse", "test/rmse"):
+            assert ddp[key] == pytest.approx(single[key], rel=1e-3), key

@@ -331,13 +331,24 @@ def scaling_markdown(series: Sequence[ScalingSeries]) -> str:
 # Command line
 
 
+def run_labels(run_dirs: Sequence[Path], records: Sequence[dict]) -> list[str]:
+    """``KAN`` for a single run; ``seed <n>`` when the runs differ by seed; else directory names."""
+    if len(run_dirs) == 1:
+        return ["KAN"]
+    seeds = [r.get("seed") for r in records]
+    if None not in seeds and len(set(seeds)) == len(seeds):
+        return [f"seed {s}" for s in seeds]
+    names = [Path(r).name for r in run_dirs]
+    return names if len(set(names)) == len(names) else [str(r) for r in run_dirs]
+
+
 def _grid_extension_report(run_dirs: Sequence[Path], out: Path, name: str, x_key: str, reference) -> str:
     runs: dict[str, list[dict]] = {}
     walls: dict[str, float | None] = {}
-    for run in run_dirs:
-        key = run.name if len(run_dirs) > 1 else "KAN"
+    records = [load_record(run) for run in run_dirs]
+    for run, record, key in zip(run_dirs, records, run_labels(run_dirs, records)):
         runs[key] = load_stages(run)
-        walls[key] = load_record(run).get("wall_time_s")
+        walls[key] = record.get("wall_time_s")
     parts = []
     for key, stages in runs.items():
         table, _ = stage_table(stages, label="grid", reference=reference)
@@ -354,7 +365,7 @@ def _grid_extension_report(run_dirs: Sequence[Path], out: Path, name: str, x_key
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kan_lightning.analysis.grid_extension", description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories (outputs/<task>/<time>); with --scaling also sweep directories")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (outputs/<task>/<time>) or sweep directories holding them")
     parser.add_argument("--out", type=Path, help="where to write <name>.md/.png (default: the first directory)")
     parser.add_argument("--name", help="file name stem (default: grid_extension, or paper_scaling with --scaling)")
     parser.add_argument("--x", choices=("grid", "num_parameters"), default="grid", help="plot against grid size or parameters")
@@ -375,7 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             plot_scaling(series, out / f"{name}.png")
         else:
             name = args.name or "grid_extension"
-            text = _grid_extension_report(args.runs, out, name, args.x, reference)
+            given = {r.resolve() for r in args.runs if (r / METRICS_FILE).is_file()}
+            # runs named directly must have stages (load_stages says so); runs found below a
+            # sweep directory without stages (failed jobs, MLPs) are left out
+            run_dirs = [r for r in find_runs(args.runs) if r in given or record_stages(load_record(r))]
+            if not run_dirs:
+                raise ValueError(f"no runs below {', '.join(map(str, args.runs))}")
+            text = _grid_extension_report(run_dirs, out, name, args.x, reference)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -340,7 +340,7 @@ class GridExtension(L.Callback):
             "epoch": int(trainer.current_epoch),
             "step": int(trainer.global_step),
             "num_parameters": int(sum(p.numel() for p in model.parameters())),
-            # seconds since this fit started (evaluation excluded)
+            # seconds since this fit started (earlier stage evaluations included: milliseconds)
             "time_s": time.monotonic() - self._fit_start if self._fit_start is not None else None,
         }
         datamodule = getattr(trainer, "datamodule", None)
