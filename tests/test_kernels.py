@@ -300,3 +300,4 @@ def test_bench_e2e_mode(tmp_path) -> None:
     bench.run(["--mode", "e2e", "--repeats", "1", "--warmup", "0", "--json", str(path)])
     rec = json.loads(path.read_text())["results"]
     assert rec["lightning_ms"] > 0 and rec["bare_ms"] > 0 and rec["ratio"] > 0
+    assert rec["minimal_lightning_ms"] > 0 and rec["minimal_ratio"] > 0
