@@ -489,3 +489,28 @@ def test_grid_extension_and_pruning_under_ddp_match_single_process(tmp_path):
     assert metrics["ddp"]["prune/width_1"] == metrics["single"]["prune/width_1"] < 20
     for key in ("val/rmse", "test/rmse", "train/rmse"):
         assert metrics["ddp"][key] == pytest.approx(metrics["single"][key], rel=2e-4), key
+
+
+def test_lbfgs_logs_the_loss_at_each_steps_starting_point():
+    """LBFGS evaluates the closure many times per step; the logged train loss and RMSE are those
+    of the first evaluation (the parameters the step starts from), computed here by hand."""
+    L.seed_everything(0, verbose=False)
+    data = _toy(n_samples=200)
+    module = KANRegressor(KAN([2, 3, 1], grid_size=3), optimizer=LBFGS)
+    expected, logged = [], []
+
+    class ByHand(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            with torch.no_grad():
+                err = pl_module.model(batch[0]) - batch[1]
+            expected.append((float(err.pow(2).mean()), float(err.pow(2).mean().sqrt())))
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            metrics = trainer.callback_metrics
+            logged.append((float(metrics["train/loss"]), float(metrics["train/rmse"])))
+
+    evaluations = []
+    module.model.register_forward_hook(lambda *args: evaluations.append(1))
+    _trainer(3, [ByHand()], limit_val_batches=0).fit(module, datamodule=data)
+    assert len(evaluations) > 3 * 5, "LBFGS evaluated the closure several times per step"
+    assert logged == pytest.approx(expected, rel=1e-6)

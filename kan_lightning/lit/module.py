@@ -97,6 +97,8 @@ class KANRegressor(L.LightningModule):
         self.register_buffer("y_std", torch.ones(()))
         # ModuleDict keys must not shadow Module attributes such as ``train``.
         self.metrics = nn.ModuleDict({f"{stage}_metrics": _metrics(stage) for stage in STAGES})
+        # (global_step, batch_idx) of the last logged training batch: see _step
+        self._logged_batch: tuple[int, int] | None = None
 
     # -- model ------------------------------------------------------------------------------
 
@@ -109,6 +111,7 @@ class KANRegressor(L.LightningModule):
             self.set_target_normalization(normalization)
 
     def on_fit_start(self) -> None:
+        self._logged_batch = None  # global_step may start over in a new fit
         self._warn_if_inputs_leave_grid()
 
     def _grid_updates_planned(self) -> bool:
@@ -141,7 +144,7 @@ class KANRegressor(L.LightningModule):
     def denormalize(self, y: Tensor) -> Tensor:
         return y * self.y_std + self.y_mean
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int = 0) -> Tensor:
         x, y = batch
         regularize = stage == "train" and hasattr(self.model, "regularization_loss")
         if regularize and self.model.needs_edge_scales:
@@ -150,12 +153,22 @@ class KANRegressor(L.LightningModule):
             pred, edge_scales = self.model(x), None
         mse = F.mse_loss(pred, y)
         loss = mse
-        log = dict(on_step=stage == "train", on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+        penalty_terms = {}
         if regularize:
-            penalty, terms = self.model.regularization_loss(edge_scales)
+            penalty, penalty_terms = self.model.regularization_loss(edge_scales)
             loss = mse + penalty
-            for name, value in terms.items():
-                self.log(f"reg/{name}", value, **log)
+        if stage == "train":
+            # LBFGS re-evaluates the closure (up to max_iter times, plus line-search trials) within
+            # one optimizer step: log and count only the first evaluation, the loss at the step's
+            # starting point as with one-evaluation optimizers; logging every trial point skewed
+            # the epoch metrics and cost more than the evaluation itself.
+            batch_key = (self.trainer.global_step, batch_idx)
+            if batch_key == self._logged_batch:
+                return loss
+            self._logged_batch = batch_key
+        log = dict(on_step=stage == "train", on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+        for name, value in penalty_terms.items():
+            self.log(f"reg/{name}", value, **log)
         self.log(f"{stage}/loss", loss, prog_bar=stage != "test", **log)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(self.denormalize(pred.detach()), self.denormalize(y))
@@ -163,7 +176,7 @@ class KANRegressor(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx):
         return self._step(batch, "val")
