@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kan_lightning.data.datamodule import fit_normalization, make_dataset
 from kan_lightning.data.functions import TargetFunction, validate_domain
-from kan_lightning.nn import KAN, MLP, bspline_basis_reference
+from kan_lightning.nn import KAN, MLP
 from kan_lightning.nn.activations import ACTIVATIONS
 
 __all__ = [
@@ -163,7 +163,7 @@ class _PlainKAN(nn.Module):
         for layer in self.kan.layers:
             flat = x.reshape(-1, layer.in_features)
             base = layer.base_activation(flat) @ (layer.base_weight * layer.mask).T
-            bases = bspline_basis_reference(flat, layer.grid, layer.spline_order) if self.full_grid else layer.bases(flat)
+            bases = layer.spline_bases(flat, full_grid=self.full_grid)
             x = base + bases.flatten(1) @ layer.scaled_coefficients().flatten(1).T
         return x.reshape(*shape[:-1], x.shape[-1])
 

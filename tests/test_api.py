@@ -280,3 +280,22 @@ def test_ensemble_and_cross_validation():
     assert torch.equal(single_std, torch.zeros_like(single_mean))
     mean_mse, std_mse = cross_validate(x, y, {"layers_hidden": [2, 3, 1], "grid_size": 3}, cv_folds=3, epochs=1, batch_size=40)
     assert math.isfinite(mean_mse) and mean_mse > 0 and std_mse >= 0
+
+
+def test_linear_extrapolation_exports_with_inputs_past_the_grid(tmp_path):
+    """TorchScript and ONNX (full-grid path) keep extrapolate="linear" for inputs outside the grid."""
+    torch.manual_seed(0)
+    model = KAN([2, 3, 1], grid_size=4, extrapolate="linear")
+    with torch.no_grad():
+        model.layers[0].spline_weight.normal_()
+    trainer = KANTrainer(model)
+    x = torch.rand(64, 2) * 6 - 3  # mostly outside [-1, 1]
+    eager = trainer.predict(x)
+    scripted = torch.jit.load(str(trainer.export_torchscript(tmp_path / "kan.pt", example=x[:8])))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), eager, rtol=1e-6, atol=1e-6)
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(trainer.export_onnx(tmp_path / "kan.onnx", example=x[:4])), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"x": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(onnx_out), eager.to(torch.float32), rtol=1e-5, atol=1e-5)

@@ -287,3 +287,57 @@ def test_custom_activation_module_and_class() -> None:
         with torch.no_grad():
             layer.spline_scaler.zero_()
         assert torch.allclose(layer(x), torch.tanh(x) @ layer.base_weight.T)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.parametrize("basis", ["fast", "reference"])
+def test_linear_extrapolation_matches_scipy_tangents(k: int, basis: str) -> None:
+    """extrapolate="linear": past the grid range each spline continues along its tangent at the
+    nearest end (scipy's BSpline and its derivative at the end, the right end approached from
+    inside); the base branch sees the raw input; inside the range it is the default layer."""
+    torch.manual_seed(0)
+    layer = _randomize(layer64(2, 3, grid_size=4, spline_order=k, grid_range=(-1.0, 2.0), basis=basis, extrapolate="linear"))
+    x = torch.rand(300, 2, dtype=torch.float64) * 7 - 3  # mostly outside [-1, 2]
+    x[:2] = torch.tensor([[-1.0, 2.0], [2.0, -1.0]], dtype=torch.float64)  # the ends themselves
+    out = layer(x).detach().numpy()
+
+    xn, grid = x.numpy(), layer.grid.numpy()
+    wb, ws, sc = (p.detach().numpy() for p in (layer.base_weight, layer.spline_weight, layer.spline_scaler))
+    at = np.clip(xn, -1.0, np.nextafter(2.0, -np.inf))
+    expected = np.zeros((x.shape[0], 3))
+    for j in range(3):
+        for i in range(2):
+            spline = BSpline(grid[i], ws[j, i], k, extrapolate=False)
+            tangent = spline.derivative()(at[:, i]) if k > 0 else 0.0
+            expected[:, j] += wb[j, i] * _silu(xn[:, i]) + sc[j, i] * (spline(at[:, i]) + (xn[:, i] - at[:, i]) * tangent)
+    assert np.isfinite(expected).all()
+    assert np.abs(out - expected).max() <= 1e-11
+    edges = layer.edge_activations(x).sum(-1).detach().numpy()
+    assert np.abs(edges - expected).max() <= 1e-11
+
+    default = layer64(2, 3, grid_size=4, spline_order=k, grid_range=(-1.0, 2.0), basis=basis)
+    default.load_state_dict(layer.state_dict())
+    rows = ((x > -1) & (x < 2)).all(1)
+    assert (default(x[rows]) - layer(x[rows])).abs().max().item() <= 1e-12
+    assert (default(x[~rows]) - layer(x[~rows])).abs().max().item() > 1e-3, "the modes differ outside"
+
+
+def test_linear_extrapolation_gradients() -> None:
+    """float64 gradcheck inside and outside the grid; outside, dL/dx is the base branch's plus
+    the spline's end slope."""
+    layer = _randomize(layer64(2, 2, grid_size=5, spline_order=3, extrapolate="linear"))
+    x = torch.tensor([[-0.7, 0.3], [0.55, -0.2], [1.5, -2.0]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+    eps = 1e-6
+    shifted = x.detach().clone()
+    shifted[2, 0] += eps
+    slope = (layer(shifted) - layer(x.detach())).sum() / eps
+    layer(x).sum().backward()
+    assert x.grad[2, 0].item() == pytest.approx(slope.item(), rel=1e-6)
+
+
+def test_extrapolate_is_validated_and_kept_by_kan() -> None:
+    with pytest.raises(ValueError, match="extrapolate must be one of"):
+        KANLayer(2, 2, extrapolate="clamp")
+    kan = KAN([2, 3, 1], extrapolate="linear")
+    assert kan.config["extrapolate"] == "linear" and all(l.extrapolate == "linear" for l in kan.layers)

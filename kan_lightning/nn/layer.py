@@ -12,11 +12,15 @@ from .activations import make_activation
 from .kernels import spline_contract
 from .splines import (
     bspline_basis,
+    bspline_basis_derivative,
     bspline_basis_reference,
     extend_knots,
     fit_coefficients,
     uniform_grid,
 )
+
+
+EXTRAPOLATIONS = ("bases", "linear")
 
 
 def check_grid_args(grid_size: int, spline_order: int, grid_range: Sequence[float]) -> tuple[float, float]:
@@ -52,6 +56,12 @@ class KANLayer(nn.Module):
             quantiles (1 = uniform, 0 = fully adaptive).
         basis: ``"fast"`` (only the ``k + 1`` non-zero bases) or ``"reference"`` (full
             Cox-de Boor recursion; for tests and benchmarks).
+        extrapolate: the splines past the ends of the grid range. ``"bases"``: the B-spline
+            bases continue over the ``k`` outer knots and vanish beyond (as in pykan; far
+            outside only the base branch is left). ``"linear"``: each spline continues along
+            its tangent at the nearest end. The outermost coefficients are barely constrained
+            by data inside the range, so with ``"bases"`` a fine grid fitted to the training
+            data can swing far just outside it, where some test points land.
     """
 
     def __init__(
@@ -67,6 +77,7 @@ class KANLayer(nn.Module):
         base_activation: str | type | nn.Module = "silu",
         grid_eps: float = 0.02,
         basis: str = "fast",
+        extrapolate: str = "bases",
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
@@ -77,12 +88,15 @@ class KANLayer(nn.Module):
             raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps!r}")
         if basis not in ("fast", "reference"):
             raise ValueError(f"basis must be 'fast' or 'reference', got {basis!r}")
+        if extrapolate not in EXTRAPOLATIONS:
+            raise ValueError(f"extrapolate must be one of {EXTRAPOLATIONS}, got {extrapolate!r}")
         self.in_features = in_features
         self.out_features = out_features
         self.grid_size = grid_size
         self.spline_order = spline_order
         self.grid_eps = grid_eps
         self.basis = basis
+        self.extrapolate = extrapolate
         # Whether the knots are equally spaced (enables the closed-form basis kernel).
         self.uniform_grid = True
 
@@ -119,11 +133,41 @@ class KANLayer(nn.Module):
             )
         return x.reshape(-1, self.in_features)
 
+    def spline_input(self, x: Tensor) -> Tensor:
+        """Where the splines are evaluated for inputs ``x`` ``(N, in)``: ``x`` itself, or with
+        ``extrapolate="linear"`` ``x`` clamped into the grid range (just below its right end:
+        bases are half-open on the right, and the tangent there is the left one)."""
+        if self.extrapolate == "bases":
+            return x
+        k, last = self.spline_order, self.grid.shape[-1] - self.spline_order - 1
+        lo, hi = self.grid[:, k], self.grid[:, last]
+        # a few ulps inside the last interval (plain arithmetic: ONNX has no nextafter)
+        inside = hi - (hi - self.grid[:, last - 1]) * (4 * torch.finfo(x.dtype).eps)
+        return torch.clamp(x, lo, inside)
+
+    def _tangent_bases(self, x: Tensor, at: Tensor) -> Tensor | None:
+        """For ``extrapolate="linear"``: ``(x - c) dB_m/dx (c)`` at the clamped inputs ``c``,
+        ``(N, in, G + k)``, so that the splines continue along their end tangents; ``None``
+        otherwise."""
+        if self.extrapolate != "linear":
+            return None
+        return (x - at).unsqueeze(-1) * bspline_basis_derivative(at, self.grid, self.spline_order)
+
     def bases(self, x: Tensor) -> Tensor:
         """B-spline bases of the flattened inputs: ``(N, in, G + k)``."""
         if self.basis == "reference":
             return bspline_basis_reference(x, self.grid, self.spline_order)
         return bspline_basis(x, self.grid, self.spline_order, uniform=self.uniform_grid)
+
+    def spline_bases(self, x: Tensor, full_grid: bool = False) -> Tensor:
+        """What each coefficient multiplies for inputs ``x`` ``(N, in)``: the bases at
+        :meth:`spline_input`, plus the tangent terms past the grid ends with
+        ``extrapolate="linear"``: ``(N, in, G + k)``. ``full_grid``: by the plain Cox-de Boor
+        recursion (traceable for export)."""
+        at = self.spline_input(x)
+        bases = bspline_basis_reference(at, self.grid, self.spline_order) if full_grid else self.bases(at)
+        tangent = self._tangent_bases(x, at)
+        return bases if tangent is None else bases + tangent
 
     def scaled_coefficients(self) -> Tensor:
         """Spline coefficients with the per-edge scale and mask folded in: ``(out, in, G + k)``."""
@@ -133,25 +177,26 @@ class KANLayer(nn.Module):
         shape = x.shape
         flat = self._check_input(x)
         base = self.base_activation(flat) @ (self.base_weight * self.mask).T
+        coef = self.scaled_coefficients()
         if self.basis == "reference":
             # Plain autograd through the full Cox-de Boor recursion (the benchmarks' baseline).
-            spline = self.bases(flat).flatten(1) @ self.scaled_coefficients().flatten(1).T
+            spline = self.spline_bases(flat).flatten(1) @ coef.flatten(1).T
         else:
             # Only the k + 1 non-zero bases, hand-written backward (kernels.SplineContraction);
             # ``contraction`` ("auto" | "dense" | "local") may be set on the layer to force one.
+            at = self.spline_input(flat)
             spline = spline_contract(
-                flat,
-                self.grid,
-                self.scaled_coefficients(),
-                self.spline_order,
-                uniform=self.uniform_grid,
+                at, self.grid, coef, self.spline_order, uniform=self.uniform_grid,
                 contraction=getattr(self, "contraction", "auto"),
             )
+            tangent = self._tangent_bases(flat, at)
+            if tangent is not None:
+                spline = spline + tangent.flatten(1) @ coef.flatten(1).T
         return (base + spline).reshape(*shape[:-1], self.out_features)
 
     def spline_values(self, x: Tensor) -> Tensor:
         """Unscaled ``sum_m c[j, i, m] B_m(x_i)`` per edge: ``(N, out, in)``."""
-        return torch.einsum("nim,oim->noi", self.bases(x), self.spline_weight)
+        return torch.einsum("nim,oim->noi", self.spline_bases(x), self.spline_weight)
 
     def edge_activations(self, x: Tensor) -> Tensor:
         """Every edge function at the given inputs: ``phi[n, j, i] = phi_{j,i}(x[n, i])``.

@@ -63,6 +63,7 @@ class KAN(nn.Module):
         base_activation: str | type | nn.Module = "silu",
         grid_eps: float = 0.02,
         basis: str = "fast",
+        extrapolate: str = "bases",
         regularization: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
@@ -82,6 +83,7 @@ class KAN(nn.Module):
                 base_activation=base_activation,
                 grid_eps=grid_eps,
                 basis=basis,
+                extrapolate=extrapolate,
             )
             for w_in, w_out in zip(widths[:-1], widths[1:])
         )
@@ -96,6 +98,7 @@ class KAN(nn.Module):
             scale_spline=scale_spline,
             grid_eps=grid_eps,
             basis=basis,
+            extrapolate=extrapolate,
             regularization=self.regularization,
             **({"base_activation": activation} if activation else {}),
         )

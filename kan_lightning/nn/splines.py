@@ -66,6 +66,19 @@ def bspline_basis_reference(x: Tensor, grid: Tensor, spline_order: int) -> Tenso
     return bases
 
 
+def bspline_basis_derivative(x: Tensor, grid: Tensor, spline_order: int) -> Tensor:
+    """``dB_m/dx`` of all ``G + k`` bases, ``(N, in, G + k)``, from the bases of order ``k - 1``:
+    ``B'_{m,k} = k (B_{m,k-1} / (t_{m+k} - t_m) - B_{m+1,k-1} / (t_{m+k+1} - t_{m+1}))``."""
+    k = spline_order
+    n_bases = grid.shape[-1] - k - 1
+    if k == 0:
+        return x.new_zeros(*x.shape, n_bases)
+    lower = bspline_basis_reference(x, grid, k - 1)  # (N, in, G + k + 1)
+    spans = (grid[:, k:] - grid[:, :-k]).unsqueeze(0)
+    scaled = _safe_div(lower, spans)
+    return k * (scaled[..., :-1] - scaled[..., 1:])
+
+
 def _local_values_uniform(frac: Tensor, spline_order: int) -> list[Tensor]:
     """The ``k + 1`` non-zero uniform B-spline values at fractional position ``frac`` in [0, 1)
     of an interval (de Boor's triangle with the knot differences in units of the spacing)."""
