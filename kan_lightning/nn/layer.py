@@ -189,9 +189,14 @@ class KANLayer(nn.Module):
                 at, self.grid, coef, self.spline_order, uniform=self.uniform_grid,
                 contraction=getattr(self, "contraction", "auto"),
             )
-            tangent = self._tangent_bases(flat, at)
-            if tangent is not None:
-                spline = spline + tangent.flatten(1) @ coef.flatten(1).T
+            if self.extrapolate == "linear" and torch.jit.is_tracing():
+                spline = spline + self._tangent_bases(flat, at).flatten(1) @ coef.flatten(1).T
+            elif self.extrapolate == "linear":
+                # tangent terms (full-grid bases) only for the rows that leave the grid
+                rows = (flat != at).any(1).nonzero().squeeze(1)
+                if rows.numel():
+                    tangent = self._tangent_bases(flat[rows], at[rows])
+                    spline = spline.index_add(0, rows, tangent.flatten(1) @ coef.flatten(1).T)
         return (base + spline).reshape(*shape[:-1], self.out_features)
 
     def spline_values(self, x: Tensor) -> Tensor:
