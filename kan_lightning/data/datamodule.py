@@ -174,12 +174,20 @@ def _identity_normalization(input_dim: int) -> dict[str, Tensor]:
 
 
 def fit_normalization(
-    x: Tensor, y: Tensor, normalize_inputs: bool, normalize_targets: bool
+    x: Tensor, y: Tensor, normalize_inputs: bool, normalize_targets: bool, domain: Any = None
 ) -> dict[str, Tensor]:
-    """Affine maps fitted on (training) data: x min..max -> [-1, 1], y -> mean 0, std 1."""
+    """Affine maps fitted on (training) data: x min..max -> [-1, 1], y -> mean 0, std 1.
+
+    With ``domain`` (``(low, high)`` per input: the box the data is sampled from) the inputs map
+    the box, not the sample's range, to [-1, 1]: then no validation or test input falls outside
+    [-1, 1], where a KAN's first grid ends and its splines extrapolate.
+    """
     norm = _identity_normalization(x.shape[1])
     if normalize_inputs:
-        low, high = x.min(dim=0).values, x.max(dim=0).values
+        if domain is not None:
+            low, high = torch.tensor(domain, dtype=x.dtype).T
+        else:
+            low, high = x.min(dim=0).values, x.max(dim=0).values
         half_range = (high - low) / 2
         norm["x_shift"] = (high + low) / 2
         # A constant feature has no range; leave its scale alone instead of dividing by zero.
@@ -378,7 +386,7 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
         if self._norm is None:  # a normalization restored from a checkpoint wins
             x_train, y_train = self._raw["train"]
             self._norm = fit_normalization(
-                x_train, y_train, self._normalize_inputs, self._normalize_targets
+                x_train, y_train, self._normalize_inputs, self._normalize_targets, self._target.domain
             )
         self._apply_normalization()
 
