@@ -337,3 +337,29 @@ def test_lbfgs_fits_exp_sin_with_grid_updates() -> None:
         rmse = (kan(x_test) - y_test).pow(2).mean().sqrt().item()
     print(f"[LBFGS] test RMSE {rmse:.2e}")
     assert rmse < 1e-2
+
+
+def test_keep_input_range_keeps_the_first_grid_on_its_domain() -> None:
+    """extend_grid(x, keep_input_range=True): the first layer's grid still spans [-1, 1] (the
+    inputs' domain) though the sample covers less; hidden grids follow their activations; the
+    network's function on the sample is kept as well as without the option."""
+    torch.manual_seed(0)
+    kan = KAN([2, 3, 1], grid_size=5).double()
+    x = torch.rand(400, 2, dtype=torch.float64) * 1.4 - 0.5  # [-0.5, 0.9]
+    before = kan(x)
+    kept, shrunk = copy.deepcopy(kan), copy.deepcopy(kan)
+    kept.extend_grid(10, x=x, keep_input_range=True)
+    shrunk.extend_grid(10, x=x)
+    ends = lambda layer: (layer.grid_interior()[:, 0], layer.grid_interior()[:, -1])
+    lo, hi = ends(kept.layers[0])
+    assert torch.equal(lo, torch.full((2,), -1.0, dtype=torch.float64))
+    assert torch.allclose(hi, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-15)  # just above 1: half-open bases
+    lo, hi = ends(shrunk.layers[0])
+    assert torch.allclose(lo, x.min(0).values) and torch.allclose(hi, x.max(0).values)
+    hidden = kan.layers[0](x)
+    for model in (kept, shrunk):
+        lo, hi = ends(model.layers[1])
+        assert torch.allclose(lo, hidden.min(0).values, atol=1e-3) and torch.allclose(hi, hidden.max(0).values, atol=1e-3)
+    for model in (kept, shrunk):
+        rel = ((model(x) - before).norm() / before.norm()).item()
+        assert rel < 1e-2, rel

@@ -172,6 +172,9 @@ class GridExtension(L.Callback):
         patience: switch after this many validations without improvement.
         monitor, min_delta: the metric (lower is better) and the improvement patience needs.
         use_data: refit on the training inputs (``True``) or on each grid's range (``False``).
+        keep_input_range: with ``use_data``, the first layer's grid keeps covering its range
+            (the domain the inputs were scaled to) instead of shrinking to the training sample's:
+            test inputs just outside the sample then stay on the grid.
         max_samples: use at most this many training inputs.
         evaluate_splits: splits (``train``, ``val``, ``test``) whose RMSE is recorded at the end
             of every stage; ``None`` or empty: none (stages still record grid and parameters).
@@ -187,6 +190,7 @@ class GridExtension(L.Callback):
         monitor: str = "val/loss",
         min_delta: float = 0.0,
         use_data: bool = True,
+        keep_input_range: bool = False,
         max_samples: int | None = None,
         evaluate_splits=None,
         eval_batch_size: int = 65536,
@@ -209,6 +213,7 @@ class GridExtension(L.Callback):
         self.monitor = monitor
         self.min_delta = float(min_delta)
         self.use_data = use_data
+        self.keep_input_range = bool(keep_input_range)
         self.max_samples = max_samples
         splits = [str(v) for v in (evaluate_splits or [])]
         unknown = [v for v in splits if v not in EVAL_SPLITS]
@@ -275,7 +280,7 @@ class GridExtension(L.Callback):
         if self.use_data:
             param = next(model.parameters())
             x = _fit_inputs(trainer, batch, self.max_samples).to(device=param.device, dtype=param.dtype)
-        model.extend_grid(new_size, x=x)
+        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range)
         _rebuild(pl_module)
         self.history.append(
             {

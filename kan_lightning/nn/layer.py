@@ -249,13 +249,18 @@ class KANLayer(nn.Module):
                 # A new Parameter: optimizers holding the old one must be rebuilt.
                 self.spline_weight = nn.Parameter(coef.to(self.spline_weight))
 
-    def update_grid(self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None) -> None:
+    def update_grid(
+        self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None, keep_range: bool = False
+    ) -> None:
         """Move the knots toward the quantiles of ``x`` (``(N, in)``), keeping the functions.
 
         The interior knots become ``eps * uniform + (1 - eps) * quantiles`` over the data's
         range, the outer knots continue with the edge spacing, and the coefficients are refit by
         least squares so the edge functions at ``x`` change as little as possible.
         ``grid_size`` also changes the number of intervals (grid extension fitted on data).
+        ``keep_range``: the new range also covers the current one (for a network's inputs: a
+        grid on the domain the inputs were scaled to keeps test inputs that lie just outside
+        the training sample on the grid, where past its ends the splines run out).
         """
         eps = self.grid_eps if grid_eps is None else grid_eps
         if not 0.0 <= eps <= 1.0:
@@ -269,6 +274,9 @@ class KANLayer(nn.Module):
             idx = torch.linspace(0, n - 1, size + 1, device=x.device).round().long()
             adaptive = xs[:, idx]
             lo, hi = xs[:, :1], xs[:, -1:]
+            if keep_range:
+                interior_now = self.grid_interior()
+                lo, hi = torch.minimum(lo, interior_now[:, :1]), torch.maximum(hi, interior_now[:, -1:])
             steps = torch.arange(size + 1, dtype=xs.dtype, device=x.device)
             uniform = lo + (hi - lo) / size * steps
             interior = eps * uniform + (1 - eps) * adaptive
