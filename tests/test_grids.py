@@ -363,3 +363,21 @@ def test_keep_input_range_keeps_the_first_grid_on_its_domain() -> None:
     for model in (kept, shrunk):
         rel = ((model(x) - before).norm() / before.norm()).item()
         assert rel < 1e-2, rel
+
+
+def test_grid_margin_widens_the_fitted_range_by_whole_intervals() -> None:
+    """update_grid(margin=m): the grid spans the data's range widened by m intervals per side;
+    the functions on the data are kept as without a margin."""
+    torch.manual_seed(0)
+    layer = KANLayer(2, 3, grid_size=5).double()
+    x = torch.rand(300, 2, dtype=torch.float64) * 1.4 - 0.5
+    before = layer(x)
+    layer.update_grid(x, grid_size=8, margin=0.5)
+    lo, hi = x.min(0).values, x.max(0).values
+    pad = 0.5 * (hi - lo) / 8
+    interior = layer.grid_interior()
+    assert torch.allclose(interior[:, 0], lo - pad, rtol=0, atol=1e-14)
+    assert torch.allclose(interior[:, -1], hi + pad, rtol=0, atol=1e-14)
+    assert ((layer(x) - before).norm() / before.norm()).item() < 1e-2
+    with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
+        layer.update_grid(x, margin=-1.0)

@@ -175,6 +175,9 @@ class GridExtension(L.Callback):
         keep_input_range: with ``use_data``, the first layer's grid keeps covering its range
             (the domain the inputs were scaled to) instead of shrinking to the training sample's:
             test inputs just outside the sample then stay on the grid.
+        grid_margin: with ``use_data``, the other grids span their inputs' range widened by this
+            many grid intervals per side (inputs a little past the training extremes then stay
+            in the outermost fitted intervals instead of past the grid).
         max_samples: use at most this many training inputs.
         evaluate_splits: splits (``train``, ``val``, ``test``) whose RMSE is recorded at the end
             of every stage; ``None`` or empty: none (stages still record grid and parameters).
@@ -191,6 +194,7 @@ class GridExtension(L.Callback):
         min_delta: float = 0.0,
         use_data: bool = True,
         keep_input_range: bool = False,
+        grid_margin: float = 0.0,
         max_samples: int | None = None,
         evaluate_splits=None,
         eval_batch_size: int = 65536,
@@ -214,6 +218,9 @@ class GridExtension(L.Callback):
         self.min_delta = float(min_delta)
         self.use_data = use_data
         self.keep_input_range = bool(keep_input_range)
+        if isinstance(grid_margin, bool) or not (float(grid_margin) >= 0 and math.isfinite(float(grid_margin))):
+            raise ValueError(f"grid_margin must be a finite number >= 0, got {grid_margin!r}")
+        self.grid_margin = float(grid_margin)
         self.max_samples = max_samples
         splits = [str(v) for v in (evaluate_splits or [])]
         unknown = [v for v in splits if v not in EVAL_SPLITS]
@@ -280,7 +287,7 @@ class GridExtension(L.Callback):
         if self.use_data:
             param = next(model.parameters())
             x = _fit_inputs(trainer, batch, self.max_samples).to(device=param.device, dtype=param.dtype)
-        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range)
+        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range, margin=self.grid_margin)
         _rebuild(pl_module)
         self.history.append(
             {

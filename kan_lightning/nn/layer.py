@@ -250,7 +250,12 @@ class KANLayer(nn.Module):
                 self.spline_weight = nn.Parameter(coef.to(self.spline_weight))
 
     def update_grid(
-        self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None, keep_range: bool = False
+        self,
+        x: Tensor,
+        grid_eps: float | None = None,
+        grid_size: int | None = None,
+        keep_range: bool = False,
+        margin: float = 0.0,
     ) -> None:
         """Move the knots toward the quantiles of ``x`` (``(N, in)``), keeping the functions.
 
@@ -261,7 +266,12 @@ class KANLayer(nn.Module):
         ``keep_range``: the new range also covers the current one (for a network's inputs: a
         grid on the domain the inputs were scaled to keeps test inputs that lie just outside
         the training sample on the grid, where past its ends the splines run out).
+        ``margin``: otherwise, widen the data's range by this many grid intervals on each side,
+        so that inputs a little past the data's extremes still fall in the outermost intervals,
+        whose polynomial pieces were fitted to data, rather than past the grid.
         """
+        if not (margin >= 0 and math.isfinite(margin)):
+            raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
         eps = self.grid_eps if grid_eps is None else grid_eps
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {eps!r}")
@@ -277,6 +287,9 @@ class KANLayer(nn.Module):
             if keep_range:
                 interior_now = self.grid_interior()
                 lo, hi = torch.minimum(lo, interior_now[:, :1]), torch.maximum(hi, interior_now[:, -1:])
+            elif margin:
+                pad = margin * (hi - lo) / size
+                lo, hi = lo - pad, hi + pad
             steps = torch.arange(size + 1, dtype=xs.dtype, device=x.device)
             uniform = lo + (hi - lo) / size * steps
             interior = eps * uniform + (1 - eps) * adaptive

@@ -176,29 +176,38 @@ class KAN(nn.Module):
 
     @torch.no_grad()
     def update_grid(
-        self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None, keep_input_range: bool = False
+        self,
+        x: Tensor,
+        grid_eps: float | None = None,
+        grid_size: int | None = None,
+        keep_input_range: bool = False,
+        margin: float = 0.0,
     ) -> None:
         """Adapt every layer's grid to the distribution of its inputs on ``x``, in order
         (optionally with ``grid_size`` intervals). ``keep_input_range``: the first layer's grid
-        keeps covering its current range (e.g. the domain the inputs were scaled to)."""
+        keeps covering its current range (e.g. the domain the inputs were scaled to); the
+        other grids span their inputs' range widened by ``margin`` intervals per side
+        (:meth:`KANLayer.update_grid`)."""
         x = x.reshape(-1, self.in_features)
         for i, layer in enumerate(self.layers):
-            layer.update_grid(x, grid_eps, grid_size, keep_range=keep_input_range and i == 0)
+            layer.update_grid(x, grid_eps, grid_size, keep_range=keep_input_range and i == 0, margin=margin)
             x = layer(x)
         self.config["grid_size"] = self.grid_size
 
     @torch.no_grad()
-    def extend_grid(self, new_grid_size: int, x: Tensor | None = None, keep_input_range: bool = False) -> None:
+    def extend_grid(
+        self, new_grid_size: int, x: Tensor | None = None, keep_input_range: bool = False, margin: float = 0.0
+    ) -> None:
         """Refine every layer's grid to ``new_grid_size`` intervals, keeping the functions.
 
         Without ``x`` each grid keeps its range and the splines are preserved there (exactly
         when the new grid contains the old knots). With ``x`` (pykan's ``refine``) each layer's
         new grid is fitted to its inputs on ``x``, which also preserves the functions where
-        hidden activations have left the grid range; ``keep_input_range`` as in
+        hidden activations have left the grid range; ``keep_input_range`` and ``margin`` as in
         :meth:`update_grid`.
         """
         if x is not None:
-            self.update_grid(x, grid_size=new_grid_size, keep_input_range=keep_input_range)
+            self.update_grid(x, grid_size=new_grid_size, keep_input_range=keep_input_range, margin=margin)
             return
         for layer in self.layers:
             layer.extend_grid(new_grid_size)
