@@ -189,15 +189,20 @@ class KANLayer(nn.Module):
                 at, self.grid, coef, self.spline_order, uniform=self.uniform_grid,
                 contraction=getattr(self, "contraction", "auto"),
             )
-            if self.extrapolate == "linear" and torch.jit.is_tracing():
-                spline = spline + self._tangent_bases(flat, at).flatten(1) @ coef.flatten(1).T
-            elif self.extrapolate == "linear":
-                # tangent terms (full-grid bases) only for the rows that leave the grid
-                rows = (flat != at).any(1).nonzero().squeeze(1)
-                if rows.numel():
-                    tangent = self._tangent_bases(flat[rows], at[rows])
-                    spline = spline.index_add(0, rows, tangent.flatten(1) @ coef.flatten(1).T)
+            if self.extrapolate == "linear":
+                spline = self._add_tangents(spline, flat, at, coef)
         return (base + spline).reshape(*shape[:-1], self.out_features)
+
+    def _add_tangents(self, spline: Tensor, x: Tensor, at: Tensor, coef: Tensor) -> Tensor:
+        """``spline`` plus the tangent terms of :meth:`_tangent_bases`, computed (full-grid) only
+        for the rows that leave the grid; for every row while tracing (no data-dependent shapes)."""
+        if torch.jit.is_tracing():
+            return spline + self._tangent_bases(x, at).flatten(1) @ coef.flatten(1).T
+        rows = (x != at).any(1).nonzero().squeeze(1)
+        if not rows.numel():
+            return spline
+        tangent = self._tangent_bases(x[rows], at[rows])
+        return spline.index_add(0, rows, tangent.flatten(1) @ coef.flatten(1).T)
 
     def spline_values(self, x: Tensor) -> Tensor:
         """Unscaled ``sum_m c[j, i, m] B_m(x_i)`` per edge: ``(N, out, in)``."""
