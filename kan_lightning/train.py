@@ -48,6 +48,7 @@ from kan_lightning.config_checks import ConfigError, config_error, instantiate_n
 from kan_lightning.lit import KANRegressor
 from kan_lightning.lit.checkpoint import check_state_matches, read_checkpoint
 from kan_lightning.lit.safety import TrainingDiverged, TrainingInterrupted, raise_on_sigterm
+from kan_lightning.run_dir import RunDirRefused, check_same_run, claim
 
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.txt"
@@ -172,9 +173,10 @@ def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return ckpt_path
 
 
-def _checked_resume(ckpt_path: str | None, module: KANRegressor) -> str | None:
+def _checked_resume(ckpt_path: str | None, module: KANRegressor, cfg: DictConfig) -> str | None:
     """Read the checkpoint to resume from safely (``weights_only=True``) before ``fit`` does, so
-    a missing, corrupt, truncated or foreign file fails with a message naming it."""
+    a missing, corrupt, truncated or foreign file, or one of another model or data config
+    than ``cfg``, fails with a message naming it."""
     if ckpt_path is None:
         return None
     try:
@@ -182,6 +184,7 @@ def _checked_resume(ckpt_path: str | None, module: KANRegressor) -> str | None:
         check_state_matches(checkpoint, module, ckpt_path)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"ckpt_path={ckpt_path!r} cannot be resumed from: {err}") from None
+    check_same_run((checkpoint.get("kan_lightning") or {}).get("run_config"), cfg, f"ckpt_path={ckpt_path!r} is a checkpoint")
     return ckpt_path
 
 
@@ -250,6 +253,10 @@ def _write_stopped(output_dir: Path, record: dict[str, Any], err: BaseException,
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test, the configured model; write ``metrics.json`` into the run directory.
 
+    The run directory is held for this run only (see ``kan_lightning.run_dir``): a directory in
+    use, or holding another run, is refused with ``RunDirRefused`` (a ``ConfigError``); resuming
+    a completed run returns its record untouched.
+
     Returns the run record: ``status``, ``metrics`` (final train/val/test values), ``best``
     (the checkpoint monitor's best value), ``num_parameters``, ``wall_time_s``, ``seed``,
     ``overrides`` and the resolved ``config``.
@@ -260,8 +267,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     a ``BaseException`` like ``KeyboardInterrupt``, whose ``record`` holds ``checkpoint``,
     ``signal`` and ``exit_code``).
     """
-    start = time.time()
     output_dir = Path(cfg.paths.output_dir)
+    with claim(cfg, output_dir) as completed:
+        return completed if completed is not None else _attempt(cfg, output_dir)
+
+
+def _attempt(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """One attempt at the run, recorded in ``metrics.json`` however it ends."""
+    start = time.time()
     state: dict[str, Any] = {}
     pool = cfg.get("device_pool") or {}
     try:
@@ -271,6 +284,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ) as lease:
             state["lease"] = lease
             return _train(cfg, output_dir, start, state)
+    except RunDirRefused:  # the directory's run is not this one's to record
+        raise
     except TrainingDiverged as err:
         record = _stopped_record(
             cfg, start, "diverged", err, state, step=err.step, epoch=err.epoch, message=str(err), last_checkpoint=err.checkpoint
@@ -353,7 +368,7 @@ def _train(cfg: DictConfig, output_dir: Path, start: float, state: dict[str, Any
     with ddp_children_run_this_job():  # the Trainer's DDP ranks live through fit and test
         resumed_from = None
         if cfg.get("train", True):
-            resumed_from = _checked_resume(_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir), module)
+            resumed_from = _checked_resume(_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir), module, cfg)
             trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
         metrics = _scalars(trainer.callback_metrics)
 

@@ -126,14 +126,14 @@ def test_validate_config_accepts_every_shipped_option(make_cfg):
     assert checked >= 15
 
 
-def test_inputs_outside_the_grid_are_warned_about_once(make_cfg):
+def test_inputs_outside_the_grid_are_warned_about_once(make_cfg, tmp_path):
     overrides = [*FAST, "logger=none", "trainer.max_epochs=1", "data.domain=[-5,5]", "test=false"]
     with pytest.warns(UserWarning, match=r"far outside the first KAN layer's grid.*x0 spans.*model\.grid_range") as caught:
         train(make_cfg(*overrides, "callbacks.grid_update.every_n_steps=0"))
     assert sum("far outside" in str(w.message) for w in caught) == 1
     with warnings.catch_warnings(record=True) as caught:  # grid updates follow the data: no warning
         warnings.simplefilter("always")
-        train(make_cfg(*overrides))
+        train(make_cfg(*overrides, output_dir=tmp_path / "grid_updates"))
     assert not any("far outside" in str(w.message) for w in caught)
 
 

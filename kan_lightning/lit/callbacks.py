@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -68,10 +69,15 @@ class GridUpdate(L.Callback):
         self.updates = state_dict.get("updates", 0)
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     """Write ``<dirpath>/last.ckpt`` at the end of every training epoch, atomically (a kill
     while writing leaves the previous file intact). Lightning's ``save_last`` only refreshes
-    it when a top-k checkpoint is saved, which is not enough to resume a killed run."""
+    it when a top-k checkpoint is saved, which is not enough to resume a killed run.
+
+    The file holds the state of every ``ModelCheckpoint``, including which file is the best:
+    it is written after they have saved (and rotated) theirs, whatever the callbacks' order.
+    On resuming, checkpoint files that the restored state names but that no longer exist are
+    forgotten (see :func:`~kan_lightning.lit.best_checkpoint.forget_missing_files`)."""
 
     FILENAME = "last.ckpt"
 
@@ -90,6 +96,19 @@ class LastCheckpoint(L.Callback):
         trainer.save_checkpoint(tmp)  # a collective: every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Lightning calls the on_train_epoch_end of checkpoint callbacks last, in list order:
+        # go after every other one (a new list: this hook is iterating over the old one).
+        others = [c for c in trainer.callbacks if c is not self]
+        trainer.callbacks = [c for c in others if not isinstance(c, Checkpoint)] + [c for c in others if isinstance(c, Checkpoint)] + [self]
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        from kan_lightning.lit.best_checkpoint import forget_missing_files
+
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                forget_missing_files(callback)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
