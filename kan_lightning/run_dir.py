@@ -89,8 +89,8 @@ def _check(cfg: DictConfig, output_dir: Path, overwrite: bool, launching: bool) 
     if status == "completed":
         if resume is None:
             raise RunDirRefused(
-                f"{output_dir} holds a completed run: choose another hydra.run.dir, add overwrite=true to "
-                "replace it, or ckpt_path=last to report it"
+                f"{output_dir} holds a completed run: choose another hydra.run.dir, or add overwrite=true to "
+                "replace it (with ckpt_path=last it is reported, not trained again)"
             )
         check_same_run(record.get("config"), cfg, f"{output_dir} holds a completed run")
         if launching:

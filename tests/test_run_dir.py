@@ -252,3 +252,21 @@ def test_cli_overwrite_true(tmp_path):
     # TensorBoard's files are named events.out.tfevents.<time>.<host>.<pid>.<n>: one process's
     assert len({p.name.split(".")[-2] for p in (run_dir / "tensorboard").glob("events.*")}) == 1
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]["model.layers.0.base_weight"].shape == (20, 2)
+
+
+@pytest.mark.slow
+def test_cli_ddp_ranks_follow_rank_zero(tmp_path):
+    # Lightning starts rank 1 by running the command again in the same directory, while rank 0
+    # holds it: rank 1 must neither be refused nor delete anything.
+    run_dir = tmp_path / "run"
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2"]
+    result = _cli(run_dir, *ddp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = _cli(run_dir, *ddp, "overwrite=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = _record(run_dir)
+    assert record["status"] == "completed" and record["config"]["trainer"]["devices"] == 2
+    assert (run_dir / "train_ddp_process_1.log").exists()
+    before = _files(run_dir)
+    result = _cli(run_dir, *ddp, "ckpt_path=last")
+    assert result.returncode == 0 and _files(run_dir) == before
