@@ -8,8 +8,9 @@
 - A directory that holds a completed run, or checkpoints of an unfinished one, is refused unless
   the command asks to resume it (``ckpt_path=last`` or a file) or to replace it
   (``overwrite=true``, which first deletes the old run's record, checkpoints and logs, so nothing
-  of it mixes with the new run). Leftovers of a run that saved nothing (a config error, a crash
-  in the first epoch) are deleted when a run starts afresh there.
+  of it mixes with the new run). Leftovers of a recorded run that saved no checkpoint (a config
+  error, a crash in the first epoch) are deleted when a run starts afresh there. Without a run
+  record or checkpoints a directory is not a run's, and nothing in it is deleted.
 - Resuming a completed run does nothing: the stored record is returned as it is (a requeued or
   re-run job of a sweep stays ``completed``), exit status 0.
 - Resuming with another model or data config than the run's is refused, naming each differing
@@ -83,7 +84,7 @@ def _check(cfg: DictConfig, output_dir: Path, overwrite: bool, launching: bool) 
     if overwrite:
         if resume == "last" or (resume and _inside(Path(resume), output_dir)):
             raise RunDirRefused(f"overwrite=true would delete the checkpoint that ckpt_path={resume!r} resumes from: give one of them")
-        if launching:
+        if launching and (record or checkpoints):
             _clear(cfg, output_dir)
         return None
     if status == "completed":
@@ -107,7 +108,7 @@ def _check(cfg: DictConfig, output_dir: Path, overwrite: bool, launching: bool) 
             f"ckpt_path=last: {output_dir} has no last.ckpt but other checkpoints ({checkpoints[0]}, ...): "
             "give ckpt_path=<file>, or overwrite=true to start afresh"
         )
-    if not checkpoints and launching:
+    if record and not checkpoints and launching:
         _clear(cfg, output_dir)  # what a run that saved nothing left behind
     return None
 

@@ -15,6 +15,9 @@ Reliability (see ``kan_lightning.config_checks`` and ``kan_lightning.lit.safety`
   ``ckpt_path=last hydra.run.dir=<old run dir>`` (``last`` means
   ``<run dir>/checkpoints/last.ckpt``), or give ``ckpt_path=<file>``. On CPU with a fixed seed
   the resumed run ends with the same metrics as an uninterrupted one.
+- One run per directory, one process at a time (``kan_lightning.run_dir``): a directory in use
+  or holding another run is refused unless resumed (a completed run is then reported, not
+  trained again) or replaced with ``overwrite=true``.
 - In a multirun (``-m``) a failed job is recorded in its directory and re-raised: Hydra marks it
   failed, the other jobs of the sweep still run, and the sweep summary shows the error.
 """

@@ -119,6 +119,14 @@ def test_leftovers_of_a_run_that_saved_nothing_are_replaced(make_cfg, tmp_path):
     assert not (tmp_path / "error.txt").exists()
 
 
+def test_a_directory_without_a_run_loses_nothing(make_cfg, tmp_path):
+    mine = tmp_path / "figures" / "mine.png"
+    mine.parent.mkdir()
+    mine.write_bytes(b"not a run's")
+    assert train(make_cfg(*FAST, "overwrite=true", output_dir=tmp_path))["status"] == "completed"
+    assert mine.read_bytes() == b"not a run's"
+
+
 def test_config_differences_name_each_key_and_both_values(make_cfg, tmp_path):
     stored = train(make_cfg(*FAST, output_dir=tmp_path))["config"]
     check_same_run(stored, make_cfg(*FAST, "data.batch_size=64", "data.num_workers=1"), "x")  # how, not what
