@@ -405,9 +405,13 @@ def auto_symbolic(
     tolerance: float = 1e-4,
     zero_threshold: float = 1e-3,
     verbose: bool = False,
+    progress: Callable[[int, int], None] | None = None,
     **fit_kwargs,
 ) -> dict[EdgeKey, SymbolicEdge]:
     """Fix every live edge to a symbolic function: ``{(layer, j, i): SymbolicEdge}``.
+
+    ``progress(done, total)`` is called after each edge. Edges below ``r2_threshold`` are
+    reported in one warning (the count and the first few), not one warning each.
 
     Masked (pruned) edges are left out. An edge whose spread (std of ``phi`` over ``x``) is at
     most ``zero_threshold`` times the largest spread in its layer becomes the constant ``"0"``
@@ -417,6 +421,8 @@ def auto_symbolic(
     """
     library = _resolve_library(library)
     fits: dict[EdgeKey, SymbolicEdge] = {}
+    poor: list[str] = []
+    total, done = live_edges(model), 0
     for l, (inputs, phi) in enumerate(edge_samples(model, x)):
         mask = model.layers[l].mask.detach().cpu().numpy()
         spread = phi.std(axis=0)  # (out, in)
@@ -433,16 +439,27 @@ def auto_symbolic(
                     fit = ranked[0]
                     if fit.r2 < r2_threshold:
                         best = max(ranked, key=lambda f: f.r2)
-                        warnings.warn(
-                            f"edge (layer={l}, j={j}, i={i}): no library function reaches "
-                            f"R^2 >= {r2_threshold} (best {best.name}: {best.r2:.4f}); using it anyway",
-                            stacklevel=2,
-                        )
+                        poor.append(f"(layer={l}, j={j}, i={i}) best {best.name}: {best.r2:.4f}")
                         fit = best
                 fits[(l, j, i)] = fit
+                done += 1
+                if progress is not None:
+                    progress(done, total)
                 if verbose:
                     print(f"fixing (layer={l}, j={j}, i={i}) with {fit.name}, R^2={fit.r2:.6f}")
+    if poor:
+        more = f" and {len(poor) - 3} more" if len(poor) > 3 else ""
+        warnings.warn(
+            f"{len(poor)} edge(s) where no library function reaches R^2 >= {r2_threshold}, using the "
+            f"best fit anyway: edge {'; edge '.join(poor[:3])}{more}",
+            stacklevel=2,
+        )
     return fits
+
+
+def live_edges(model: torch.nn.Module) -> int:
+    """The number of edges a KAN has left (its masks' ones)."""
+    return int(sum(int((layer.mask > 0).sum()) for layer in model.layers))
 
 
 # ---------------------------------------------------------------------------------------------
