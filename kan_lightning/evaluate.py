@@ -32,12 +32,13 @@ def datamodule_from_checkpoint(checkpoint: dict[str, Any], data_overrides: dict 
     if not isinstance(run_config, dict) or not isinstance(run_config.get("data"), dict):
         raise ValueError("checkpoint has no run config to rebuild its data from")
     data_cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(run_config["data"]), data_overrides or {}), resolve=True)
-    check_stored_targets(data_cfg, "checkpoint")
+    check_stored_targets({"run_config": {"data": data_cfg}}, "checkpoint")
     target = data_cfg.pop("_target_", None)
     if target not in DATA_TARGETS:
         raise ValueError(f"run_config.data._target_={target!r} is not kan-lightning's data module; cannot rebuild the data")
     for key in [k for k in data_cfg if k.startswith("_") and k.endswith("_")]:
         del data_cfg[key]
+    check_stored_targets({"run_config": {"data": data_cfg}}, "checkpoint", allowed=())  # plain values: no nested targets
     datamodule = build_from_plain(SyntheticFunctionDataModule, data_cfg, "run_config.data")
     datamodule.setup("test")
     state = checkpoint.get(type(datamodule).__qualname__)

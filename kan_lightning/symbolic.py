@@ -58,6 +58,8 @@ def check_edge_budget(model: torch.nn.Module, max_edges: int | None) -> None:
 
 
 def _progress(done: int, total: int) -> None:
+    if done != total and done % max(1, total // 20):  # about 20 updates
+        return
     end = "\n" if done == total else ""
     print(f"\rfitting edges: {done}/{total}", end=end, file=sys.stderr, flush=True)
 
@@ -147,6 +149,7 @@ def symbolic_from_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         "train_rmse": refined.rmse,
         "composed_train_rmse": refined.rmse_before,
         "snapped": refined.snapped,
+        "refit_skipped": refined.skipped,
         "edges": sym.fits_to_dict(fits),
         "ckpt_path": str(cfg.ckpt_path),
         "wall_time_s": None,
@@ -176,6 +179,8 @@ def main(cfg: DictConfig) -> None:
         print(f"  edge (layer {edge['layer']}, {edge['j']} <- {edge['i']}): {edge['name']:<8} R^2={edge['r2']:.6f}")
     print(f"{record['output_name']} = {record['formula']}")
     print(f"  {record['split']} RMSE: formula {record['rmse']:.3g}, KAN {record['kan_rmse']:.3g}")
+    if record.get("refit_skipped"):
+        print(f"  note: {record['refit_skipped']}")
     print(f"  written to {Path(cfg.paths.output_dir) / FORMULA_TXT}")
 
 

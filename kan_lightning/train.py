@@ -475,7 +475,8 @@ def ddp_children_run_this_job() -> Iterator[None]:
 @hydra.main(version_base="1.3", config_path="pkg://kan_lightning.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """``kan-train``: exit status 0 (completed), 2 (a mistake in the config: ``error: ...`` on
-    stderr, no traceback), 1 (diverged or crashed), 128 + signal (interrupted, state saved).
+    stderr, no traceback), 1 (diverged, a full disk or out of memory: one line; other crashes
+    with their traceback), 128 + signal (interrupted, state saved).
     In a multirun a failed job re-raises instead, so Hydra marks it failed and runs the rest."""
     try:
         record = train(cfg)
@@ -484,9 +485,10 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(CONFIG_ERROR_EXIT if isinstance(err, ConfigError) else 1)
-    except (OSError, MemoryError, torch.OutOfMemoryError) as err:
+    except (OSError, MemoryError, torch.OutOfMemoryError, RuntimeError) as err:
         # A full disk or memory mid-run: metrics.json records it (where the disk still allows).
-        if _is_multirun():
+        out_of_memory = isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+        if _is_multirun() or (isinstance(err, RuntimeError) and not (out_of_memory or isinstance(err, torch.OutOfMemoryError))):
             raise
         print(f"error: the run failed: {_error_text(err).splitlines()[0]} (recorded in {Path(cfg.paths.output_dir) / METRICS_FILE})", file=sys.stderr)
         sys.exit(1)

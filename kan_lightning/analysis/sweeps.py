@@ -128,8 +128,8 @@ def _fill_row(row: dict[str, Any], job_dir: Path) -> None:
             record = {}
         else:
             if not isinstance(record, dict):
-                record = {}
                 row["status"], row["error"] = "failed", f"unreadable {METRICS_FILE}: a JSON {type(record).__name__} is not a run record"
+                record = {}
             else:
                 status = record.get("status", "unknown")
                 row["status"] = status if isinstance(status, str) else "unknown"

@@ -86,7 +86,7 @@ def load_plain(path: Path, what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any failure to load (the unpickler raises many kinds) is a bad file
         reason = _reason(err)
-        if "Unsupported global" in reason or "Unsupported class" in reason or "Unsupported operand" in reason:
+        if any(word in reason for word in ("GLOBAL", "Unsupported global", "Unsupported class")):
             raise ValueError(
                 f"refused to load {what} {str(path)!r}: it holds objects other than tensors and "
                 f"plain containers, which are never unpickled here (weights_only=True): {reason}"
@@ -112,9 +112,10 @@ def config_targets(config: Any) -> set[str]:
     return {t for _, t in _stored_targets(config, "") if isinstance(t, str)}
 
 
-def check_stored_targets(record: Any, path: str | Path, trusted: Iterable[str] = ()) -> None:
-    """Refuse a stored record naming, anywhere, a ``_target_`` that is not one of this package's."""
-    allowed = ALLOWED_TARGETS | set(trusted)
+def check_stored_targets(record: Any, path: str | Path, trusted: Iterable[str] = (), allowed: Iterable[str] = ALLOWED_TARGETS) -> None:
+    """Refuse a stored record naming, anywhere, a ``_target_`` that is not one of this package's
+    (``allowed``) or ``trusted``."""
+    allowed = set(allowed) | set(trusted)
     for key_path, target in _stored_targets(record, ""):
         if not isinstance(target, str) or target not in allowed:
             raise ValueError(
@@ -181,6 +182,8 @@ def _reason(err: BaseException) -> str:
     marker = "WeightsUnpickler error:"
     if marker in text:
         text = text.split(marker, 1)[1]
+    elif text.startswith("Weights only load failed"):  # the reason follows torch's advice paragraph
+        text = text.split("\n\n", 1)[-1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     reason = lines[0] if lines else ""
     return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
