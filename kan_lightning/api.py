@@ -62,6 +62,7 @@ DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-2, "lbfgs": 1.0}
 LR_SCHEDULES = ("cosine", "plateau")
 SAVE_FORMAT = "kan_lightning.api.model"
 SAVE_VERSION = 1
+SAVED_TRAINER_KEYS = ("optimizer_name", "lr", "weight_decay", "optimizer_kwargs")
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"KAN": KAN, "MLP": MLP}
 
 
@@ -661,8 +662,14 @@ class KANTrainer:
         in ``kwargs``), with its normalization and history."""
         record = _read(path)
         model = _build_model(record)
-        options = dict(record.get("trainer_config") or {})
-        options.update(kwargs)
+        options = record.get("trainer_config") or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"{record['path']!r}: trainer_config is a {type(options).__name__}, not a mapping")
+        # only the settings save() writes: a file must not choose where anything is written
+        unknown = [k for k in options if k not in SAVED_TRAINER_KEYS]
+        if unknown:
+            raise ValueError(f"{record['path']!r}: trainer_config.{unknown[0]} is not one of the saved settings {SAVED_TRAINER_KEYS}")
+        options = {**options, **kwargs}
         trainer = cls(model, **options)
         trainer.normalization = record.get("normalization")
         trainer.history = {k: list(v) for k, v in (record.get("training_history") or {}).items()}

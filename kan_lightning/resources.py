@@ -79,10 +79,12 @@ def estimate_memory(container: Mapping[str, Any]) -> Estimate | None:
     eval_batch = max(batch, min(1024, int(data.get("n_samples", 5000))))
     float_bytes = 8 if str((container.get("trainer") or {}).get("precision", "32")).startswith("64") else 4
     pairs = list(zip(widths[:-1], widths[1:]))
+    # the data set stays in memory: x and y as generated, and their split copies
+    dataset = 2 * int(data.get("n_samples", 5000)) * (widths[0] + widths[-1]) * 4
     if target in MLP_TARGETS:
         params = sum(i * o + o for i, o in pairs)
         activations = sum(batch * (i + 3 * o) for i, o in pairs) * float_bytes
-        total = 4 * params * float_bytes + activations
+        total = dataset + 4 * params * float_bytes + activations
         return Estimate(params, total, "training step")
 
     k = int(model.get("spline_order", 3))
@@ -90,7 +92,7 @@ def estimate_memory(container: Mapping[str, Any]) -> Estimate | None:
     nb = grid + k
     # spline coefficients, base weights, scalers, masks, grids
     params = sum(i * o * nb + 3 * i * o + i * (grid + 2 * k + 1) for i, o in pairs)
-    weights = 4 * params * float_bytes  # values, gradients, two Adam moments
+    weights = dataset + 4 * params * float_bytes  # the data; values, gradients, two Adam moments
     # per layer and sample: inputs, local bases and their derivatives, base activation, per-edge
     # outputs (regularization, backward), a dense basis row when the kernel contracts densely
     per_sample = sum(i * (2 * (k + 1) + 2 + nb) + 2 * i * o + o for i, o in pairs)
@@ -107,13 +109,17 @@ def estimate_memory(container: Mapping[str, Any]) -> Estimate | None:
 def available_memory(container: Mapping[str, Any]) -> tuple[float, str]:
     """Bytes this run may use and what they are: free GPU memory when it trains on a GPU, else
     available RAM (capped by the address-space limit)."""
-    accelerator = str((container.get("trainer") or {}).get("accelerator", "cpu"))
-    if accelerator in ("gpu", "cuda", "auto"):
+    trainer = container.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    # DDP ranks > 0 leave the check to rank 0 (asking would open a context on GPU 0).
+    if accelerator in ("gpu", "cuda", "auto") and os.environ.get("LOCAL_RANK", "0") == "0":
         import torch
 
         if torch.cuda.is_available():
-            free, _ = torch.cuda.mem_get_info()
-            return float(free), "free GPU memory"
+            devices = trainer.get("devices")
+            index = devices[0] if isinstance(devices, list) and devices and isinstance(devices[0], int) else 0
+            free, _ = torch.cuda.mem_get_info(index)
+            return float(free), f"free memory on GPU {index}"
     ram = _meminfo("MemAvailable") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY and soft < ram:

@@ -128,6 +128,7 @@ CONFIG = [
     (["model=mlp", "model.layers_hidden=[2,100000,100000,1]"], ["model.layers_hidden=[2, 100000, 100000, 1] needs ~", "training step"]),
     (["callbacks=grid_extension", "callbacks.grid_extension.grids=[5,100000]"], ["needs ~", "grid update", "this machine has"]),
     (["data.n_samples=100000000", "model.grid_size=1000"], ["needs ~", "this machine has"]),
+    (["data.n_samples=30000000000", "callbacks.grid_update.every_n_steps=0"], ["data.n_samples=30000000000 needs ~", "GB for one"]),
     # other values
     (["model.layers_hidden=[2,0,1]"], ["model.layers_hidden=[2, 0, 1]", "positive integer widths"]),
     (["model.layers_hidden=[2]"], ["model.layers_hidden=[2]", "at least two"]),
@@ -322,7 +323,7 @@ def payload(kind: type, loader: Callable[[Path, Path], Any] = _kan_eval, where: 
     return call
 
 
-def _model_file(change: Callable[[dict], None] | None = None, raw: bytes | None = None) -> Callable[[Path], Any]:
+def _model_file(change: Callable[[dict], None] | None = None, raw: bytes | None = None, loader: Callable[[Path], Any] = load_model) -> Callable[[Path], Any]:
     def call(tmp: Path) -> Any:
         path = tmp / "model.pth"
         if raw is not None:
@@ -334,7 +335,7 @@ def _model_file(change: Callable[[dict], None] | None = None, raw: bytes | None 
             if change:
                 change(record)
             torch.save(record, path)
-        return load_model(path)
+        return loader(path)
 
     return call
 
@@ -423,6 +424,9 @@ FILES = [
     (_model_file(_set("model_config", value={"layers_hidden": [2, 4, 1]})), ["model.pth", "weights do not fit its model_config"]),
     (_model_file(_set("model_state_dict", value="weights")), ["model.pth", "model_state_dict is not a mapping of tensors"]),
     (_model_file(_set("model_config", value=[2, 3, 1])), ["model.pth", "model_config is not a mapping"]),
+    (_model_file(lambda r: r["trainer_config"].update(default_root_dir="/etc", logger=True), loader=KANTrainer.load),
+     ["model.pth", "trainer_config.default_root_dir is not one of the saved settings"]),
+    (_model_file(_set("trainer_config", value="adam"), loader=KANTrainer.load), ["model.pth", "trainer_config is a str, not a mapping"]),
 ]
 
 

@@ -155,8 +155,9 @@ def build_from_plain(cls: type, config: Any, where: str, path: str | Path = "che
         raise ValueError(f"refused to load {str(path)!r}: {where} is not a mapping of plain values")
     _check_plain(config, where, path)
     accepted = inspect.signature(cls).parameters
+    any_keyword = any(p.kind == p.VAR_KEYWORD for p in accepted.values())  # passed on, checked there
     for key in config:
-        if key not in accepted:
+        if key not in accepted and not any_keyword:
             raise ValueError(f"refused to load {str(path)!r}: {where}.{key} is not a parameter of {cls.__name__}")
     try:
         return cls(**config)
