@@ -367,6 +367,8 @@ class KANTrainer:
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1):
+            raise ValueError(f"seed must be an integer from 0 to 4294967295 (Lightning's bounds) or None, got {seed!r}")
         self.optimizer_name = optimizer_name
         self.lr = lr
         self.weight_decay = weight_decay

@@ -438,9 +438,10 @@ def check_trainer(trainer: Mapping[str, Any] | None) -> None:
 
 
 def check_top_level(cfg: Mapping[str, Any]) -> None:
-    check_int("seed", cfg.get("seed", 0), SEED_RANGE[0])
-    if cfg.get("seed", 0) > SEED_RANGE[1]:
-        raise fail("seed", cfg["seed"], f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} (2**32 - 1)")
+    seed = cfg.get("seed", 0)
+    if not _is_int(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        got = f" (got a {_type_name(seed)})" if not _is_int(seed) else ""
+        raise fail("seed", seed, f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} (Lightning's seed bounds){got}")
     for key in ("train", "test"):
         if key in cfg:
             check_bool(key, cfg[key])
