@@ -122,14 +122,17 @@ def available_memory(container: Mapping[str, Any]) -> tuple[float, str]:
             return float(free), f"free memory on GPU {index}"
     ram = _meminfo("MemAvailable") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY and soft < ram:
-        return float(soft), "address-space limit (ulimit -v)"
+    if soft != resource.RLIM_INFINITY:
+        left = soft - (_meminfo("VmSize", "/proc/self/status") or 0)  # what this process may still map
+        if left < ram:
+            return float(max(left, 0)), "left under the address-space limit (ulimit -v)"
     return float(ram), "available RAM"
 
 
-def _meminfo(field: str) -> float | None:
+def _meminfo(field: str, source: str = "/proc/meminfo") -> float | None:
+    """A ``kB`` field of ``/proc/meminfo`` (or ``/proc/self/status``), in bytes."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(source) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return float(line.split()[1]) * 1024

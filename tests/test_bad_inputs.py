@@ -560,6 +560,31 @@ def test_memory_estimate_matches_a_measured_grid_update(tmp_path):
     assert 0.5 * measured <= estimate.bytes <= 3 * measured, (estimate.bytes / 1e6, measured / 1e6)
 
 
+def test_the_memory_budget_follows_the_address_space_limit(tmp_path):
+    """Under ``ulimit -v`` (a real limit, set in a fresh process) the budget is what the process
+    may still map, and a config over it is refused naming the limit."""
+    script = (
+        "import resource, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from conftest import compose_config\n"
+        "from pathlib import Path\n"
+        "from kan_lightning.config_checks import resolved_container, ConfigError\n"
+        "from kan_lightning.resources import available_memory, check_resources\n"
+        "size = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + 2 * 10**9, resource.RLIM_INFINITY))\n"
+        "cfg = resolved_container(compose_config('train', ['model.layers_hidden=[2,3000,1]'], Path(sys.argv[2])))\n"
+        "budget, what = available_memory(cfg)\n"
+        "assert 1.5e9 < budget < 2.1e9, budget\n"
+        "try:\n"
+        "    check_resources(cfg)\n"
+        "except ConfigError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(TESTS), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "model.layers_hidden=[2, 3000, 1] needs ~" in out.stdout and "left under the address-space limit (ulimit -v)" in out.stdout, out.stdout
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_full_disk_mid_run_is_recorded_as_failed(tmp_path):
     """A real ENOSPC: the run directory is a 300 kB tmpfs, and checkpoints of a wider KAN do
