@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from kan_lightning.data.datamodule import fit_normalization, make_dataset
 from kan_lightning.data.functions import TargetFunction, validate_domain
+from kan_lightning.lit.checkpoint import build_from_plain, check_stored_targets, load_plain
 from kan_lightning.nn import KAN, MLP
 from kan_lightning.nn.activations import ACTIVATIONS
 
@@ -61,6 +62,7 @@ DEFAULT_LR = {"adam": 1e-3, "adamw": 1e-3, "sgd": 1e-2, "lbfgs": 1.0}
 LR_SCHEDULES = ("cosine", "plateau")
 SAVE_FORMAT = "kan_lightning.api.model"
 SAVE_VERSION = 1
+SAVED_TRAINER_KEYS = ("optimizer_name", "lr", "weight_decay", "optimizer_kwargs")
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"KAN": KAN, "MLP": MLP}
 
 
@@ -264,12 +266,41 @@ def _optimizer_factory(name: str, lr: float | None, weight_decay: float, kwargs:
 
 
 def _as_2d(t: Tensor, name: str) -> Tensor:
-    t = torch.as_tensor(t)
+    """``t`` as an ``(N, d)`` real tensor with N >= 1 and no NaN/Inf, else a ``ValueError``
+    naming it (with the count and the first bad row of non-finite values)."""
+    try:
+        t = torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be a tensor of numbers: {str(err).splitlines()[0] if str(err) else err!r}") from None
+    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in _INT_DTYPES):
+        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
     if t.dim() == 1:
         t = t.unsqueeze(1)
     if t.dim() != 2:
-        raise ValueError(f"{name} must have shape (N, d), got {tuple(t.shape)}")
+        raise ValueError(f"{name} must have shape (N, d) or (N,), got {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if t.is_floating_point():
+        bad = ~torch.isfinite(t).all(dim=1)
+        count = int(bad.sum())
+        if count:
+            first = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{name} has {count} row(s) with NaN/Inf out of {t.shape[0]}; first bad row {first}: {t[first].tolist()}")
     return t
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _check_widths(model: nn.Module, x: Tensor, y: Tensor | None, names: tuple[str, str]) -> None:
+    """The data's widths against the network's (input first, output last)."""
+    widths = getattr(model, "layers_hidden", None)
+    if not widths:
+        return
+    if x.shape[1] != widths[0]:
+        raise ValueError(f"{names[0]} has {x.shape[1]} column(s) but the model takes {widths[0]} input(s) (layers_hidden={list(widths)})")
+    if y is not None and y.shape[1] != widths[-1]:
+        raise ValueError(f"{names[1]} has {y.shape[1]} column(s) but the model has {widths[-1]} output(s) (layers_hidden={list(widths)})")
 
 
 def _plain(value: Any) -> Any:
@@ -336,6 +367,8 @@ class KANTrainer:
 
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1):
+            raise ValueError(f"seed must be an integer from 0 to 4294967295 (Lightning's bounds) or None, got {seed!r}")
         self.optimizer_name = optimizer_name
         self.lr = lr
         self.weight_decay = weight_decay
@@ -474,8 +507,12 @@ class KANTrainer:
         has_val = x_val is not None and y_val is not None
         if (x_val is None) != (y_val is None):
             raise ValueError("give both x_val and y_val, or neither")
+        _check_widths(self.model, x_train, y_train, ("x_train", "y_train"))
         if has_val:
             x_val, y_val = _as_2d(x_val, "x_val"), _as_2d(y_val, "y_val")
+            if x_val.shape[0] != y_val.shape[0]:
+                raise ValueError(f"x_val and y_val need the same length: {x_val.shape[0]} vs {y_val.shape[0]}")
+            _check_widths(self.model, x_val, y_val, ("x_val", "y_val"))
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if batch_size in (None, "full"):
@@ -559,6 +596,7 @@ class KANTrainer:
     def predict(self, x: Tensor, batch_size: int = 65536) -> Tensor:
         """Predictions ``(N, d_out)`` in the original units, on ``x``'s device."""
         x = _as_2d(x, "x")
+        _check_widths(self.model, x, None, ("x", "y"))
         module = self.inference_module()
         param = next(module.parameters())
         was_training = module.training
@@ -576,6 +614,8 @@ class KANTrainer:
     def metrics(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """``mse``, ``rmse``, ``mae`` and ``r2`` on ``(x, y)``."""
         y = _as_2d(y, "y")
+        if torch.as_tensor(x).shape[:1] != y.shape[:1]:
+            raise ValueError(f"x and y need the same length: {torch.as_tensor(x).shape[0]} vs {y.shape[0]}")
         pred = self.predict(x).to(torch.float64)
         y = y.to(device=pred.device, dtype=torch.float64)
         if pred.shape != y.shape:
@@ -624,8 +664,14 @@ class KANTrainer:
         in ``kwargs``), with its normalization and history."""
         record = _read(path)
         model = _build_model(record)
-        options = dict(record.get("trainer_config") or {})
-        options.update(kwargs)
+        options = record.get("trainer_config") or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"{record['path']!r}: trainer_config is a {type(options).__name__}, not a mapping")
+        # only the settings save() writes: a file must not choose where anything is written
+        unknown = [k for k in options if k not in SAVED_TRAINER_KEYS]
+        if unknown:
+            raise ValueError(f"{record['path']!r}: trainer_config.{unknown[0]} is not one of the saved settings {SAVED_TRAINER_KEYS}")
+        options = {**options, **kwargs}
         trainer = cls(model, **options)
         trainer.normalization = record.get("normalization")
         trainer.history = {k: list(v) for k, v in (record.get("training_history") or {}).items()}
@@ -703,23 +749,34 @@ class KANTrainer:
 
 
 def _read(path: str | Path) -> dict[str, Any]:
+    """The record of a saved model: unpickled with ``weights_only=True``, refused (naming the
+    file) when empty, corrupt, foreign, or naming any ``_target_`` (the record is plain data)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {str(path)!r}")
-    record = torch.load(path, map_location="cpu", weights_only=True)
+    record = load_plain(path, "model file")
+    check_stored_targets(record, path)
     if not isinstance(record, dict) or record.get("format") != SAVE_FORMAT:
         raise ValueError(f"{str(path)!r} is not a model saved by KANTrainer.save")
-    if record.get("version", 0) > SAVE_VERSION:
-        raise ValueError(f"{str(path)!r} has format version {record['version']}, newer than this package reads")
+    version = record.get("version", 0)
+    if not isinstance(version, int) or version > SAVE_VERSION:
+        raise ValueError(f"{str(path)!r} has format version {version!r}, newer than this package reads")
+    record["path"] = str(path)
     return record
 
 
 def _build_model(record: Mapping[str, Any]) -> nn.Module:
-    cls = MODEL_CLASSES.get(record.get("model_class"))
+    path = record.get("path", "model file")
+    name = record.get("model_class")
+    cls = MODEL_CLASSES.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(f"unknown model_class {record.get('model_class')!r}")
-    model = cls(**record["model_config"])
-    model.load_state_dict(record["model_state_dict"])
+        raise ValueError(f"{str(path)!r}: unknown model_class {name!r}; known: {', '.join(MODEL_CLASSES)}")
+    model = build_from_plain(cls, record.get("model_config"), "model_config", path)
+    state = record.get("model_state_dict")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{str(path)!r}: model_state_dict is not a mapping of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{str(path)!r}: its weights do not fit its model_config: {str(err).splitlines()[0]}") from None
     return model
 
 

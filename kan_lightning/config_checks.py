@@ -30,6 +30,15 @@ KAN_TARGETS = {"kan_lightning.nn.KAN", "kan_lightning.nn.network.KAN"}
 MLP_TARGETS = {"kan_lightning.nn.MLP", "kan_lightning.nn.mlp.MLP"}
 DATA_TARGETS = {"kan_lightning.data.SyntheticFunctionDataModule", "kan_lightning.data.datamodule.SyntheticFunctionDataModule"}
 TEST_CKPT_CHOICES = ("best", "last")
+# Lightning's (numpy's) seed bounds.
+SEED_RANGE = (0, 2**32 - 1)
+# What KANRegressor logs: <stage>/<name>; training values also as <name>_step/_epoch.
+LOGGED_STAGES = ("train", "val", "test")
+LOGGED_NAMES = ("loss", "mse", "rmse", "mae", "r2")
+# The splines are evaluated in float32: grid ranges and domains stay well inside its range.
+MAX_ABS_COORDINATE = 1e30
+# The scheduler arguments that are periods (a zero divides by zero when the schedule steps).
+SCHEDULER_PERIODS = ("T_max", "T_0", "step_size", "total_steps", "total_iters")
 SCHEDULER_INTERVALS = ("epoch", "step")
 
 
@@ -128,6 +137,21 @@ def check_range_pair(key: str, value: Any) -> tuple[float, float]:
     return low, high
 
 
+def check_grid_range(value: Any, grid_size: Any, spline_order: Any) -> None:
+    """A ``[low, high]`` whose knots (``spline_order`` more on each side) are distinct, finite
+    float32 numbers."""
+    low, high = check_range_pair("model.grid_range", value)
+    if not (_is_int(grid_size) and _is_int(spline_order) and grid_size >= 1 and spline_order >= 0):
+        return
+    width = high - low
+    step = width / grid_size
+    outer = max(abs(low - spline_order * step), abs(high + spline_order * step))
+    if not math.isfinite(width) or not outer <= MAX_ABS_COORDINATE:
+        raise fail("model.grid_range", value, f"is too wide: its knots must stay within +-{MAX_ABS_COORDINATE:g} (float32)")
+    if step <= 1e-6 * max(abs(low), abs(high)):
+        raise fail("model.grid_range", value, f"is too narrow for model.grid_size={grid_size}: float32 cannot tell its knots apart")
+
+
 def layers_mismatch(widths: list[int], input_dim: int, output_dim: int) -> ConfigError:
     """The message for a width list that does not fit the data's dimensions."""
     middle = ",".join(map(str, widths[1:-1]))
@@ -209,7 +233,7 @@ def check_model(model: Mapping[str, Any]) -> None:
     if "spline_order" in model:
         check_int("model.spline_order", model["spline_order"], 0)
     if "grid_range" in model:
-        check_range_pair("model.grid_range", model["grid_range"])
+        check_grid_range(model["grid_range"], model.get("grid_size", 5), model.get("spline_order", 3))
     for key in ("scale_noise", "scale_base", "scale_spline"):
         if key in model:
             check_number(f"model.{key}", model[key])
@@ -259,9 +283,12 @@ def _data_target(data: Mapping[str, Any]):
         if input_dim is not None and input_dim != target.input_dim:
             raise fail("data.input_dim", input_dim, f"does not match data.function={function!r}, which has input dimension {target.input_dim}")
     try:
-        validate_domain(domain, target.input_dim)
+        bounds = validate_domain(domain, target.input_dim)
     except ValueError as err:
         raise ConfigError(f"data.domain={_show(domain)} is not usable: {err}") from None
+    for low, high in bounds or []:
+        if max(abs(low), abs(high)) > MAX_ABS_COORDINATE or not math.isfinite(high - low):
+            raise fail("data.domain", domain, f"is too wide: the inputs are float32, keep |bounds| <= {MAX_ABS_COORDINATE:g}")
     return target
 
 
@@ -284,8 +311,12 @@ def check_data(data: Mapping[str, Any]) -> int | None:
     from kan_lightning.data.datamodule import SAMPLING_MODES, split_sizes
 
     for part, fraction, size in zip(("train", "val", "test"), split, split_sizes(n_samples, tuple(split))):
-        if fraction > 0 and size == 0:
-            raise fail("data.n_samples", n_samples, f"is too small for data.split={_show(split)}: the {part} part would be empty")
+        if fraction > 0 and size < 2:
+            raise fail(
+                "data.n_samples", n_samples,
+                f"is too small for data.split={_show(split)}: the {part} part would hold {size} sample(s), "
+                "and its R^2 needs at least 2",
+            )
     batch_size = data.get("batch_size", 256)
     if batch_size != "full":
         if not _is_int(batch_size) or batch_size < 1:
@@ -322,6 +353,45 @@ def check_scheduler(scheduler: Mapping[str, Any] | None) -> None:
         return
     if "interval" in scheduler:
         check_choice("scheduler.interval", scheduler["interval"], SCHEDULER_INTERVALS)
+    factory = scheduler.get("factory")
+    if isinstance(factory, Mapping):
+        for key in SCHEDULER_PERIODS:
+            if key in factory:
+                check_int(f"scheduler.factory.{key}", factory[key], 1)
+
+
+def logged_metrics(model: Mapping[str, Any]) -> list[str]:
+    """The names KANRegressor logs for this model (what a monitor may watch)."""
+    names = [f"{stage}/{name}" for stage in LOGGED_STAGES for name in LOGGED_NAMES]
+    names += ["train/loss_step", "train/loss_epoch"]
+    regularization = model.get("regularization") if isinstance(model, Mapping) else None
+    if isinstance(regularization, Mapping):
+        names += [f"reg/{term}{suffix}" for term in regularization for suffix in ("", "_step", "_epoch")]
+    return names
+
+
+def check_monitors(container: Mapping[str, Any]) -> None:
+    """Every monitor names a metric the module logs, and a ``val/`` one has validation data."""
+    known = logged_metrics(container.get("model") or {})
+    monitors = [(f"callbacks.{name}.monitor", node.get("monitor")) for name, node in (container.get("callbacks") or {}).items() if isinstance(node, Mapping)]
+    scheduler = container.get("scheduler") or {}
+    if isinstance(scheduler, Mapping) and scheduler.get("factory"):
+        monitors.append(("scheduler.monitor", scheduler.get("monitor")))
+    split = (container.get("data") or {}).get("split")
+    no_val = isinstance(split, (list, tuple)) and len(split) == 3 and split[1] == 0
+    for key, monitor in monitors:
+        if monitor is None:
+            continue
+        if not isinstance(monitor, str) or monitor not in known:
+            close = difflib.get_close_matches(str(monitor), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            stages = "|".join(LOGGED_STAGES[:2])
+            raise fail(key, monitor, f"is not a metric the module logs{hint}; use {{{stages}}}/{{{','.join(LOGGED_NAMES)}}}")
+        if no_val and monitor.startswith("val/"):
+            raise fail(key, monitor, f"needs validation data, but data.split={_show(split)} has no validation part")
+    optimized = container.get("optimized_metric")
+    if optimized is not None and optimized not in known:
+        raise fail("optimized_metric", optimized, "is not a metric the module logs, e.g. val/rmse or test/rmse")
 
 
 def _precisions() -> list[Any]:
@@ -368,7 +438,10 @@ def check_trainer(trainer: Mapping[str, Any] | None) -> None:
 
 
 def check_top_level(cfg: Mapping[str, Any]) -> None:
-    check_int("seed", cfg.get("seed", 0))
+    seed = cfg.get("seed", 0)
+    if not _is_int(seed) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        got = f" (got a {_type_name(seed)})" if not _is_int(seed) else ""
+        raise fail("seed", seed, f"must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} (Lightning's seed bounds){got}")
     for key in ("train", "test"):
         if key in cfg:
             check_bool(key, cfg[key])
@@ -419,6 +492,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     check_optimizer(container.get("optimizer"))
     check_scheduler(container.get("scheduler"))
     check_trainer(container.get("trainer"))
+    check_monitors(container)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,19 +14,32 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kan_lightning.lit import KANRegressor
-from kan_lightning.lit.checkpoint import model_from_checkpoint, read_checkpoint
+from kan_lightning.config_checks import DATA_TARGETS
+from kan_lightning.data import SyntheticFunctionDataModule
+from kan_lightning.lit.checkpoint import build_from_plain, check_stored_targets, model_from_checkpoint, read_checkpoint
 
 SPLITS = ("train", "val", "test")
 
 
 def datamodule_from_checkpoint(checkpoint: dict[str, Any], data_overrides: dict | None = None):
     """The data of the run that wrote ``checkpoint`` (its config, seed and normalization),
-    with ``data_overrides`` merged over its config."""
-    run_config = (checkpoint.get("kan_lightning") or {}).get("run_config")
-    if not run_config or "data" not in run_config:
+    with ``data_overrides`` merged over its config.
+
+    The stored config is data: its ``_target_`` must name this package's data module, which is
+    then built from the plain values alone (nothing named in the file is imported or called)."""
+    meta = checkpoint.get("kan_lightning")
+    run_config = meta.get("run_config") if isinstance(meta, dict) else None
+    if not isinstance(run_config, dict) or not isinstance(run_config.get("data"), dict):
         raise ValueError("checkpoint has no run config to rebuild its data from")
-    data_cfg = OmegaConf.merge(OmegaConf.create(run_config["data"]), data_overrides or {})
-    datamodule = instantiate(data_cfg, _convert_="all")
+    data_cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(run_config["data"]), data_overrides or {}), resolve=True)
+    check_stored_targets({"run_config": {"data": data_cfg}}, "checkpoint")
+    target = data_cfg.pop("_target_", None)
+    if target not in DATA_TARGETS:
+        raise ValueError(f"run_config.data._target_={target!r} is not kan-lightning's data module; cannot rebuild the data")
+    for key in [k for k in data_cfg if k.startswith("_") and k.endswith("_")]:
+        del data_cfg[key]
+    check_stored_targets({"run_config": {"data": data_cfg}}, "checkpoint", allowed=())  # plain values: no nested targets
+    datamodule = build_from_plain(SyntheticFunctionDataModule, data_cfg, "run_config.data")
     datamodule.setup("test")
     state = checkpoint.get(type(datamodule).__qualname__)
     if state and not data_overrides:
@@ -39,7 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ``eval_metrics.json`` in the run directory."""
     if cfg.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {cfg.split!r}")
-    checkpoint = read_checkpoint(cfg.ckpt_path)
+    checkpoint = read_checkpoint(cfg.ckpt_path, list(cfg.get("trusted_targets") or []))
     model = model_from_checkpoint(checkpoint)
     overrides = OmegaConf.to_container(cfg.get("data") or OmegaConf.create({}), resolve=True)
     datamodule = datamodule_from_checkpoint(checkpoint, overrides)

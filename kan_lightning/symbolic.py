@@ -9,6 +9,7 @@ Writes ``formula.txt``, ``formula.json`` and ``network.png`` into this command's
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,30 @@ def load_kan(checkpoint: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
+def check_edge_budget(model: torch.nn.Module, max_edges: int | None) -> None:
+    """Refuse, in seconds, a KAN with more live edges than ``max_edges``: each edge takes about
+    a second to fit, and the composed formula of hundreds of edges is too large to simplify."""
+    if max_edges is None:
+        return
+    if isinstance(max_edges, bool) or not isinstance(max_edges, int) or max_edges < 1:
+        raise ValueError(f"max_edges={max_edges!r} must be a positive integer or null")
+    edges = sym.live_edges(model)
+    if edges > max_edges:
+        raise ValueError(
+            f"the checkpoint's KAN {list(model.layers_hidden)} has {edges} live edges, more than "
+            f"max_edges={max_edges} (each takes about a second to fit, and the formula would be too large "
+            "to read): prune it first (train with callbacks=pruning, or a smaller model such as "
+            "model.layers_hidden=[2,5,1]), or raise max_edges"
+        )
+
+
+def _progress(done: int, total: int) -> None:
+    if done != total and done % max(1, total // 20):  # about 20 updates
+        return
+    end = "\n" if done == total else ""
+    print(f"\rfitting edges: {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+
 def _raw(datamodule, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_normalized, x_original, y_original)`` of a split, in float64."""
     norm = datamodule.normalization
@@ -60,8 +85,9 @@ def symbolic_from_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     if cfg.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {cfg.split!r}")
-    checkpoint = read_checkpoint(cfg.ckpt_path)
+    checkpoint = read_checkpoint(cfg.ckpt_path, list(cfg.get("trusted_targets") or []))
     model = load_kan(checkpoint)
+    check_edge_budget(model, cfg.get("max_edges"))
     overrides = OmegaConf.to_container(cfg.get("data") or OmegaConf.create({}), resolve=True)
     datamodule = datamodule_from_checkpoint(checkpoint, overrides)
     norm = datamodule.normalization
@@ -80,6 +106,7 @@ def symbolic_from_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         r2_threshold=cfg.r2_threshold,
         tolerance=cfg.tolerance,
         zero_threshold=cfg.zero_threshold,
+        progress=_progress if cfg.get("progress", True) else None,
     )
     d = model.layers[0].in_features
     input_names = list(cfg.get("input_names") or sym.default_names("x", d))
@@ -122,6 +149,7 @@ def symbolic_from_checkpoint(cfg: DictConfig) -> dict[str, Any]:
         "train_rmse": refined.rmse,
         "composed_train_rmse": refined.rmse_before,
         "snapped": refined.snapped,
+        "refit_skipped": refined.skipped,
         "edges": sym.fits_to_dict(fits),
         "ckpt_path": str(cfg.ckpt_path),
         "wall_time_s": None,
@@ -139,12 +167,20 @@ def symbolic_from_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="pkg://kan_lightning.conf", config_name="symbolic")
 def main(cfg: DictConfig) -> None:
-    record = symbolic_from_checkpoint(cfg)
+    """``kan-symbolic``: a missing, corrupt, foreign or too large checkpoint (or a bad setting)
+    prints ``error: ...`` and exits with status 2, without a traceback."""
+    try:
+        record = symbolic_from_checkpoint(cfg)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(f"checkpoint: {cfg.ckpt_path}")
     for edge in record["edges"]:
         print(f"  edge (layer {edge['layer']}, {edge['j']} <- {edge['i']}): {edge['name']:<8} R^2={edge['r2']:.6f}")
     print(f"{record['output_name']} = {record['formula']}")
     print(f"  {record['split']} RMSE: formula {record['rmse']:.3g}, KAN {record['kan_rmse']:.3g}")
+    if record.get("refit_skipped"):
+        print(f"  note: {record['refit_skipped']}")
     print(f"  written to {Path(cfg.paths.output_dir) / FORMULA_TXT}")
 
 

@@ -24,6 +24,7 @@ Reliability (see ``kan_lightning.config_checks`` and ``kan_lightning.lit.safety`
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -47,9 +48,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from kan_lightning.devices import device_lease
-from kan_lightning.config_checks import ConfigError, config_error, instantiate_node, layers_mismatch, validate_config
+from kan_lightning.config_checks import ConfigError, config_error, instantiate_node, layers_mismatch, resolved_container, validate_config
 from kan_lightning.lit import KANRegressor
-from kan_lightning.lit.checkpoint import check_state_matches, read_checkpoint
+from kan_lightning.lit.checkpoint import check_state_matches, config_targets, load_plain, read_checkpoint
+from kan_lightning.resources import check_resources
 from kan_lightning.lit.safety import TrainingDiverged, TrainingInterrupted, raise_on_sigterm
 from kan_lightning.run_dir import RunDirRefused, check_same_run, claim
 
@@ -183,7 +185,8 @@ def _checked_resume(ckpt_path: str | None, module: KANRegressor, cfg: DictConfig
     if ckpt_path is None:
         return None
     try:
-        checkpoint = read_checkpoint(ckpt_path)
+        # Targets of this run's own config are trusted too (a user's callback, say).
+        checkpoint = read_checkpoint(ckpt_path, trusted_targets=config_targets(module.run_config))
         check_state_matches(checkpoint, module, ckpt_path)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(f"ckpt_path={ckpt_path!r} cannot be resumed from: {err}") from None
@@ -246,11 +249,39 @@ def _write_stopped(output_dir: Path, record: dict[str, Any], err: BaseException,
     if not _is_global_zero():
         return
     try:
-        write_run_record(output_dir, record)
+        try:
+            write_run_record(output_dir, record)
+        except OSError as io_err:
+            if io_err.errno != errno.ENOSPC:
+                raise
+            # A full disk: what the failed writes left behind is garbage; free it and record the
+            # failure in a short record (the config may not fit).
+            removed = _remove_partial_files(output_dir)
+            short = {k: record[k] for k in ("status", "error", "error_type", "task", "seed", "wall_time_s") if k in record}
+            write_run_record(output_dir, {**short, "removed_partial_files": removed})
         text = "".join(traceback.format_exception(type(err), err, err.__traceback__)) if with_traceback else f"{record['error']}\n"
         (output_dir / ERROR_FILE).write_text(text)
     except OSError as io_err:  # never hide the original error behind a disk problem
         log.error(f"could not write the run record to {output_dir}: {io_err}")
+
+
+def _remove_partial_files(output_dir: Path) -> list[str]:
+    """Delete the leftovers of writes a full disk cut short: temporary files, and checkpoints
+    that cannot be read back (truncated)."""
+    removed = []
+    for path in [*output_dir.glob("*.tmp"), *output_dir.glob("checkpoints/*.tmp"), *output_dir.glob("checkpoints/*.ckpt")]:
+        if path.suffix == ".ckpt":
+            try:
+                load_plain(path, "checkpoint")
+                continue
+            except FileNotFoundError:
+                continue
+            except ValueError as bad:
+                if "corrupt or truncated" not in str(bad) and "empty" not in str(bad):
+                    continue
+        path.unlink(missing_ok=True)
+        removed.append(str(path))
+    return removed
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -347,6 +378,7 @@ def _interrupted(cfg: DictConfig, output_dir: Path, start: float, err: BaseExcep
 
 def _train(cfg: DictConfig, output_dir: Path, start: float, state: dict[str, Any]) -> dict[str, Any]:
     validate_config(cfg)
+    check_resources(resolved_container(cfg))  # before anything is allocated
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate_node(cfg.data, "data", _convert_="all")
@@ -461,7 +493,8 @@ def ddp_children_run_this_job() -> Iterator[None]:
 @hydra.main(version_base="1.3", config_path="pkg://kan_lightning.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """``kan-train``: exit status 0 (completed), 2 (a mistake in the config: ``error: ...`` on
-    stderr, no traceback), 1 (diverged or crashed), 128 + signal (interrupted, state saved).
+    stderr, no traceback), 1 (diverged, a full disk or out of memory: one line; other crashes
+    with their traceback), 128 + signal (interrupted, state saved).
     In a multirun a failed job re-raises instead, so Hydra marks it failed and runs the rest."""
     try:
         record = train(cfg)
@@ -470,6 +503,13 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(CONFIG_ERROR_EXIT if isinstance(err, ConfigError) else 1)
+    except (OSError, MemoryError, torch.OutOfMemoryError, RuntimeError) as err:
+        # A full disk or memory mid-run: metrics.json records it (where the disk still allows).
+        out_of_memory = isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+        if _is_multirun() or (isinstance(err, RuntimeError) and not (out_of_memory or isinstance(err, torch.OutOfMemoryError))):
+            raise
+        print(f"error: the run failed: {_error_text(err).splitlines()[0]} (recorded in {Path(cfg.paths.output_dir) / METRICS_FILE})", file=sys.stderr)
+        sys.exit(1)
     except TrainingInterrupted as err:
         record = getattr(err, "record", None) or {"error": str(err), "exit_code": err.exit_code}
         has_checkpoint = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()

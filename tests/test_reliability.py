@@ -170,11 +170,12 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(make_cfg, tmp_p
     assert "step 9" in record["message"] and "last good checkpoint" in record["message"]
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert record["last_checkpoint"] == str(last)
-    checkpoint = read_checkpoint(last)
+    own = ["test_reliability.PoisonBatch"]  # the test's callback, named in the stored config
+    checkpoint = read_checkpoint(last, own)
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 8)
     assert _all_finite(checkpoint)
     for path in (tmp_path / "checkpoints").glob("*.ckpt"):  # nothing of the diverged epoch saved
-        assert read_checkpoint(path)["global_step"] <= 8, path
+        assert read_checkpoint(path, own)["global_step"] <= 8, path
     assert "step 9" in (tmp_path / "error.txt").read_text()
 
 
@@ -233,10 +234,12 @@ def test_sigterm_in_process_saves_mid_epoch_and_resumes_exactly(make_cfg, tmp_pa
     # Stopped after step 2 (epoch 0, batch 2): a mid-epoch checkpoint of 3 steps.
     assert (record["status"], record["signal"], record["exit_code"]) == ("interrupted", "SIGTERM", 143)
     assert (record["step"], record["epoch"]) == (3, 0)
-    checkpoint = read_checkpoint(record["checkpoint"])
+    checkpoint = read_checkpoint(record["checkpoint"], ["test_reliability.SendSignal"])
     assert checkpoint["global_step"] == 3
     assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 3, "num_batches": 5}]
-    resumed = train(make_cfg(*run, "ckpt_path=last", output_dir=out))
+    # the same overrides, as documented (the stored config names the test's callback: trusted
+    # because this run's own config names it too; it fires at step 2 only)
+    resumed = train(make_cfg(*run, *signal_at_2, "ckpt_path=last", output_dir=out))
     assert resumed["resumed_from"] == record["checkpoint"]
     assert resumed["metrics"] == reference
 

@@ -101,24 +101,55 @@ def load_job(job_dir: str | Path) -> dict[str, Any]:
     """One row: ``job``, ``status``, ``error``, ``overrides`` {key: value}, ``metrics`` {name: number}.
 
     A job without ``metrics.json`` is ``failed`` when it left an error behind, else ``missing``
-    (still running, killed, or never started: the directory cannot tell which).
+    (still running, killed, or never started: the directory cannot tell which). A job whose
+    files cannot be read (bad JSON or YAML, not UTF-8, the wrong shape) is a ``failed`` row
+    saying which file and why, never an exception: one bad job must not hide the others.
     """
     job_dir = Path(job_dir)
     row: dict[str, Any] = {"job": job_dir.name, "status": "missing", "error": None, "overrides": {}, "metrics": {}}
+    try:
+        _fill_row(row, job_dir)
+    except Exception as err:  # a malformed file of any kind: the row says what is wrong
+        row["status"], row["error"] = "failed", f"unreadable job: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return row
+
+
+def _bad_file(name: str, problem: str) -> ValueError:
+    return ValueError(f"{name}: {problem}")
+
+
+def _fill_row(row: dict[str, Any], job_dir: Path) -> None:
     record: dict[str, Any] = {}
     if (job_dir / METRICS_FILE).is_file():
         try:
-            record = json.loads((job_dir / METRICS_FILE).read_text())
-            row["status"] = record.get("status", "unknown")
-        except (json.JSONDecodeError, OSError) as err:
+            record = json.loads((job_dir / METRICS_FILE).read_bytes().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
             row["status"], row["error"] = "failed", f"unreadable {METRICS_FILE}: {err}"
+            record = {}
+        else:
+            if not isinstance(record, dict):
+                row["status"], row["error"] = "failed", f"unreadable {METRICS_FILE}: a JSON {type(record).__name__} is not a run record"
+                record = {}
+            else:
+                status = record.get("status", "unknown")
+                row["status"] = status if isinstance(status, str) else "unknown"
 
     if (job_dir / OVERRIDES_FILE).is_file():
-        row["overrides"] = parse_overrides(yaml.safe_load((job_dir / OVERRIDES_FILE).read_text()) or [])
+        try:
+            overrides = yaml.safe_load((job_dir / OVERRIDES_FILE).read_bytes().decode("utf-8")) or []
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise _bad_file(str(OVERRIDES_FILE), f"not valid YAML ({str(err).splitlines()[0]})") from None
     else:  # metrics.json keeps the overrides too
-        row["overrides"] = parse_overrides(record.get("overrides") or [])
+        overrides = record.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise _bad_file(str(OVERRIDES_FILE), f"a {type(overrides).__name__} is not a list of overrides")
+    row["overrides"] = parse_overrides(overrides)
 
-    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if _is_number(v)}
+    metrics = record.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        row["status"], row["error"] = "failed", f"{METRICS_FILE}: 'metrics' is a {type(metrics).__name__}, not a mapping"
+        metrics = {}
+    metrics = {str(k): v for k, v in metrics.items() if _is_number(v)}
     metrics.update({k: record[k] for k in EXTRA_METRICS if _is_number(record.get(k))})
     row["metrics"] = metrics
 
@@ -128,7 +159,6 @@ def load_job(job_dir: str | Path) -> dict[str, Any]:
         row["error"] = row["error"] or str(error)
         if row["status"] == "missing":
             row["status"] = "failed"
-    return row
 
 
 def load_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:

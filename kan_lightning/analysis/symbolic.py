@@ -200,16 +200,21 @@ def _linear_fit(g: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def _grid_r2(fn: SymbolicFunction, z: np.ndarray, y: np.ndarray, alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
     """``R^2`` of the best ``c f(alpha z + beta) + d`` for every ``(alpha, beta)``: the squared
-    correlation of ``f(alpha z + beta)`` with ``y``; ``-inf`` where ``f`` is not finite."""
+    correlation of ``f(alpha z + beta)`` with ``y``; ``-inf`` where ``f`` is not finite.
+
+    ``y`` ``(N,)`` gives ``(A, B)``; ``y`` ``(N, J)`` (several edges on the same input) gives
+    ``(A, B, J)`` from one evaluation of ``f`` on the grid."""
     with np.errstate(all="ignore"):
         g = fn.numpy(alphas[:, None, None] * z + betas[None, :, None])  # (A, B, N)
         finite = np.isfinite(g).all(-1)
         g = np.where(np.isfinite(g), g, 0.0)
         gc = g - g.mean(-1, keepdims=True)
-        yc = y - y.mean()
+        yc = y - y.mean(0)
         cov = gc @ yc
         var_g = np.einsum("abn,abn->ab", gc, gc)
-        var_y = float(yc @ yc)
+        var_y = np.einsum("n...,n...->...", yc, yc)
+        if y.ndim == 2:
+            finite, var_g = finite[..., None], var_g[..., None]
         r2 = cov**2 / (var_g * var_y)
     r2 = np.where(finite & (var_g > 1e-300) & np.isfinite(r2), r2, -np.inf)
     return r2
@@ -260,19 +265,40 @@ def fit_function(
     the range of ``x``; ``grid_points`` samples are used for it), ``c, d`` follow by linear least
     squares, then ``a, b`` are refined by least squares on all points.
     """
+    y = _as_numpy(y).ravel()
+    return fit_function_shared(x, y[:, None], fn, a_range, b_range, grid_number, grid_points, refine)[0]
+
+
+def fit_function_shared(
+    x: np.ndarray | Tensor,
+    ys: np.ndarray | Tensor,
+    fn: SymbolicFunction | str,
+    a_range: tuple[float, float] = (-10.0, 10.0),
+    b_range: tuple[float, float] = (-10.0, 10.0),
+    grid_number: int = 41,
+    grid_points: int = 256,
+    refine: bool = True,
+) -> list[SymbolicEdge]:
+    """:func:`fit_function` for the columns of ``ys`` ``(N, J)``, all sampled at the same ``x``
+    (the edges leaving one input of a layer): the grid search evaluates ``f`` once for all of
+    them; the same fits as one call per column."""
     fn = LIBRARY[fn] if isinstance(fn, str) else fn
     x = _as_numpy(x).ravel()
-    y = _as_numpy(y).ravel()
-    if x.shape != y.shape or x.size == 0:
-        raise ValueError(f"x and y must be non-empty and of the same length, got {x.shape} and {y.shape}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    ys = _as_numpy(ys)
+    if ys.ndim != 2 or ys.shape[0] != x.size or x.size == 0:
+        raise ValueError(f"x and y must be non-empty and of the same length, got {x.shape} and {ys.shape[:1]}")
+    keep = np.isfinite(x) & np.isfinite(ys).all(axis=1)
+    if ys.shape[1] > 1 and not keep.all():  # rows to drop differ per column: one at a time
+        return [fit_function_shared(x, ys[:, j : j + 1], fn, a_range, b_range, grid_number, grid_points, refine)[0] for j in range(ys.shape[1])]
+    x, ys = x[keep], ys[keep]
     if fn.name == "0":
-        d = float(y.mean())
-        return SymbolicEdge("0", 0.0, 0.0, 0.0, d, r2_score(y, np.full_like(y, d)), fn.complexity)
+        return [SymbolicEdge("0", 0.0, 0.0, 0.0, float(y.mean()), r2_score(y, np.full_like(y, float(y.mean()))), fn.complexity) for y in ys.T]
     if not fn.affine:  # "x"
-        c, d = _linear_fit(x, y)
-        return SymbolicEdge(fn.name, 1.0, 0.0, c, d, r2_score(y, c * x + d), fn.complexity)
+        out = []
+        for y in ys.T:
+            c, d = _linear_fit(x, y)
+            out.append(SymbolicEdge(fn.name, 1.0, 0.0, c, d, r2_score(y, c * x + d), fn.complexity))
+        return out
 
     mean, std = float(x.mean()), float(x.std())
     std = std if std > 0 else 1.0
@@ -281,7 +307,13 @@ def fit_function(
     order = np.argsort(z)[::step]
     alphas = np.linspace(*a_range, grid_number)
     betas = np.linspace(*b_range, grid_number)
-    r2 = _grid_r2(fn, z[order], y[order], alphas, betas)
+    r2_all = _grid_r2(fn, z[order], ys[order], alphas, betas)  # (A, B, J)
+    return [_finish_fit(fn, z, y, mean, std, alphas, betas, r2_all[..., j], refine) for j, y in enumerate(ys.T)]
+
+
+def _finish_fit(fn: SymbolicFunction, z: np.ndarray, y: np.ndarray, mean: float, std: float,
+                alphas: np.ndarray, betas: np.ndarray, r2: np.ndarray, refine: bool) -> SymbolicEdge:
+    """From the grid's ``R^2`` to the fit: the best grid point, refined, ``c, d`` by least squares."""
     if not np.isfinite(r2).any():
         return SymbolicEdge(fn.name, 1.0, 0.0, 0.0, float(y.mean()), -math.inf, fn.complexity)
     ia, ib = np.unravel_index(int(np.argmax(r2)), r2.shape)
@@ -405,9 +437,13 @@ def auto_symbolic(
     tolerance: float = 1e-4,
     zero_threshold: float = 1e-3,
     verbose: bool = False,
+    progress: Callable[[int, int], None] | None = None,
     **fit_kwargs,
 ) -> dict[EdgeKey, SymbolicEdge]:
     """Fix every live edge to a symbolic function: ``{(layer, j, i): SymbolicEdge}``.
+
+    ``progress(done, total)`` is called after each edge. Edges below ``r2_threshold`` are
+    reported in one warning (the count and the first few), not one warning each.
 
     Masked (pruned) edges are left out. An edge whose spread (std of ``phi`` over ``x``) is at
     most ``zero_threshold`` times the largest spread in its layer becomes the constant ``"0"``
@@ -417,32 +453,48 @@ def auto_symbolic(
     """
     library = _resolve_library(library)
     fits: dict[EdgeKey, SymbolicEdge] = {}
+    poor: list[str] = []
+    total, done = live_edges(model), 0
     for l, (inputs, phi) in enumerate(edge_samples(model, x)):
         mask = model.layers[l].mask.detach().cpu().numpy()
         spread = phi.std(axis=0)  # (out, in)
         live = spread[mask > 0]
         largest = float(live.max()) if live.size else 0.0
-        for j in range(phi.shape[1]):
-            for i in range(phi.shape[2]):
-                if mask[j, i] == 0:
-                    continue
-                if spread[j, i] <= zero_threshold * largest:
+        for i in range(phi.shape[2]):
+            outputs = [j for j in range(phi.shape[1]) if mask[j, i] != 0]
+            fitted = [j for j in outputs if spread[j, i] > zero_threshold * largest]
+            # every library function against all the edges leaving input i at once
+            per_function = [fit_function_shared(inputs[:, i], phi[:, fitted, i], fn, **fit_kwargs) for fn in library.values()] if fitted else []
+            ranked_by_edge = {j: rank_fits([fits_j[k] for fits_j in per_function], tolerance) for k, j in enumerate(fitted)}
+            for j in outputs:
+                if j not in ranked_by_edge:
                     fit = fit_function(inputs[:, i], phi[:, j, i], LIBRARY["0"])
                 else:
-                    ranked = fit_edge(inputs[:, i], phi[:, j, i], library, tolerance, **fit_kwargs)
+                    ranked = ranked_by_edge[j]
                     fit = ranked[0]
                     if fit.r2 < r2_threshold:
                         best = max(ranked, key=lambda f: f.r2)
-                        warnings.warn(
-                            f"edge (layer={l}, j={j}, i={i}): no library function reaches "
-                            f"R^2 >= {r2_threshold} (best {best.name}: {best.r2:.4f}); using it anyway",
-                            stacklevel=2,
-                        )
+                        poor.append(f"(layer={l}, j={j}, i={i}) best {best.name}: {best.r2:.4f}")
                         fit = best
                 fits[(l, j, i)] = fit
+                done += 1
+                if progress is not None:
+                    progress(done, total)
                 if verbose:
                     print(f"fixing (layer={l}, j={j}, i={i}) with {fit.name}, R^2={fit.r2:.6f}")
-    return fits
+    if poor:
+        more = f" and {len(poor) - 3} more" if len(poor) > 3 else ""
+        warnings.warn(
+            f"{len(poor)} edge(s) where no library function reaches R^2 >= {r2_threshold}, using the "
+            f"best fit anyway: edge {'; edge '.join(poor[:3])}{more}",
+            stacklevel=2,
+        )
+    return dict(sorted(fits.items()))  # layer, then output, then input
+
+
+def live_edges(model: torch.nn.Module) -> int:
+    """The number of edges a KAN has left (its masks' ones)."""
+    return int(sum(int((layer.mask > 0).sum()) for layer in model.layers))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,6 +666,7 @@ class RefinedFormula:
     rmse: float  # on the data it was refined on, after rounding
     rmse_before: float  # of the input expression on the same data
     snapped: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why the refit and snapping were skipped, if they were
 
 
 def refine_formula(
@@ -626,6 +679,7 @@ def refine_formula(
     snap: bool = True,
     snap_tolerance: float = 1e-2,
     max_evaluations: int = 20000,
+    max_constants: int | None = 80,
 ) -> RefinedFormula:
     """Make a composed formula exact on data.
 
@@ -637,7 +691,9 @@ def refine_formula(
     3. ``precision``: the remaining constants are rounded to that many decimals.
 
     Each least-squares fit evaluates the formula on the data at most about ``max_evaluations``
-    times (the Jacobian is estimated by finite differences).
+    times (the Jacobian is estimated by finite differences). A formula with more than
+    ``max_constants`` constants is only rounded (each of its fits would take minutes): the
+    result's ``skipped`` says so.
     """
     from scipy.optimize import least_squares
 
@@ -679,6 +735,10 @@ def refine_formula(
 
     exact: dict[int, sympy.Expr] = {}
     snapped: list[str] = []
+    skipped = None
+    if fn is not None and max_constants is not None and len(values) > max_constants and (refit or snap):
+        skipped = f"{len(values)} constants, more than max_constants={max_constants}: not refit or snapped (prune the network first)"
+        refit = snap = False
     if fn is not None:
         free = np.ones(len(values), dtype=bool)
         if refit:
@@ -703,7 +763,7 @@ def refine_formula(
     result = simplify_formula(result)
     if precision is not None:
         result = round_constants(result, precision)
-    return RefinedFormula(result, formula_rmse(result, x, y, symbols), rmse_before, snapped)
+    return RefinedFormula(result, formula_rmse(result, x, y, symbols), rmse_before, snapped, skipped)
 
 
 def denormalize_formula(

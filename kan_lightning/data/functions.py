@@ -223,6 +223,8 @@ _UNARY_OPS: dict[type, Callable[[Tensor], Tensor]] = {
     ast.USub: torch.neg,
     ast.UAdd: lambda t: t,
 }
+# A formula's inputs are columns of one tensor: more than this is a typo, not a dataset.
+MAX_FORMULA_VARIABLES = 10_000
 _VARIABLE = re.compile(r"x(0|[1-9][0-9]*)")
 
 
@@ -310,6 +312,11 @@ class _Compiler:
                 "and constants pi, e"
             )
         index = int(match.group(1))
+        if index >= MAX_FORMULA_VARIABLES:
+            raise ValueError(
+                f"variable {node.id!r} {self.source.where(node)} is out of range: formulas use "
+                f"x0 ... x{MAX_FORMULA_VARIABLES - 1}"
+            )
         self.max_index = max(self.max_index, index)
         return lambda x: x[:, index]
 

@@ -1,9 +1,19 @@
-"""Read checkpoints safely and rebuild the network they hold."""
+"""Read checkpoints safely and rebuild the network they hold.
+
+A checkpoint is data. It is unpickled with ``weights_only=True`` (tensors and plain containers
+only), every ``_target_`` it stores anywhere must be one of this package's own (``ALLOWED_TARGETS``,
+checked recursively, and even those are never imported from the file: models and data modules
+are rebuilt from this package's registries and plain values), and the file paths that callback
+states store must lie inside the checkpoint directory they name, so that resuming never reads,
+replaces or deletes a file elsewhere.
+"""
 
 from __future__ import annotations
 
+import inspect
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -18,25 +28,152 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
 }
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+# Every ``_target_`` this package's configs use: the only ones a stored run config may name.
+ALLOWED_TARGETS = frozenset(
+    {
+        *(f"kan_lightning.nn.{name}" for name in ("KAN", "MLP", "HybridKAN")),
+        "kan_lightning.nn.network.KAN",
+        "kan_lightning.nn.mlp.MLP",
+        "kan_lightning.nn.hybrid.HybridKAN",
+        "kan_lightning.data.SyntheticFunctionDataModule",
+        "kan_lightning.data.datamodule.SyntheticFunctionDataModule",
+        *(
+            f"kan_lightning.lit.callbacks.{name}"
+            for name in ("GradientStats", "GridExtension", "GridUpdate", "LastCheckpoint", "Pruning", "RegularizationSchedule")
+        ),
+        "kan_lightning.lit.edge_plots.EdgePlots",
+        "kan_lightning.lit.safety.DivergenceGuard",
+        "kan_lightning.lit.safety.GracefulShutdown",
+        "kan_lightning.lit.schedulers.warmup_cosine",
+        "lightning.pytorch.Trainer",
+        *(
+            f"lightning.pytorch.callbacks.{name}"
+            for name in ("EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "RichProgressBar", "TQDMProgressBar")
+        ),
+        "lightning.pytorch.loggers.CSVLogger",
+        "lightning.pytorch.loggers.TensorBoardLogger",
+        *(f"torch.optim.{name}" for name in ("Adam", "AdamW", "LBFGS", "SGD")),
+        "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "torch.optim.lr_scheduler.ReduceLROnPlateau",
+    }
+)
+# Keys of callback states that hold file paths (Lightning's ModelCheckpoint).
+_PATH_KEYS = ("best_model_path", "last_model_path", "kth_best_model_path")
+
+
+def read_checkpoint(path: str | Path, trusted_targets: Iterable[str] = ()) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no code runs while unpickling), turning
-    a missing, truncated or foreign file into an error that names it."""
+    a missing, truncated or foreign file into an error that names it, and refuse one that
+    names a ``_target_`` outside ``ALLOWED_TARGETS`` (and ``trusted_targets``: those of the
+    caller's own config) or stores paths outside its checkpoint directory."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any failure to load (the unpickler raises many kinds) is a bad file
-        reason = _reason(err)
-        if "Unsupported global" in reason or "Unsupported class" in reason:
-            raise ValueError(
-                f"refused to load checkpoint {str(path)!r}: it holds objects other than tensors and "
-                f"plain containers, which are never unpickled here (weights_only=True): {reason}"
-            ) from None
-        raise ValueError(f"cannot read checkpoint {str(path)!r} (corrupt or truncated?): {reason}") from None
+    checkpoint = load_plain(path, "checkpoint")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{str(path)!r} is not a kan-lightning checkpoint (no state_dict)")
+    check_stored_targets(checkpoint, path, trusted_targets)
+    check_stored_paths(checkpoint, path)
     return checkpoint
+
+
+def load_plain(path: Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)``; every failure is a ``ValueError`` naming the file
+    (``FileNotFoundError`` for a missing one)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {str(path)!r}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read {what} {str(path)!r}: the file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure to load (the unpickler raises many kinds) is a bad file
+        reason = _reason(err)
+        if any(word in reason for word in ("GLOBAL", "Unsupported global", "Unsupported class")):
+            raise ValueError(
+                f"refused to load {what} {str(path)!r}: it holds objects other than tensors and "
+                f"plain containers, which are never unpickled here (weights_only=True): {reason}"
+            ) from None
+        raise ValueError(f"cannot read {what} {str(path)!r} (corrupt or truncated?): {reason}") from None
+
+
+def _stored_targets(node: Any, key_path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            child = f"{key_path}.{key}" if key_path else str(key)
+            if key == "_target_":
+                yield child, value
+            else:
+                yield from _stored_targets(value, child)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _stored_targets(value, f"{key_path}[{i}]")
+
+
+def config_targets(config: Any) -> set[str]:
+    """The ``_target_`` strings of a config (the caller's own, trusted, e.g. when resuming)."""
+    return {t for _, t in _stored_targets(config, "") if isinstance(t, str)}
+
+
+def check_stored_targets(record: Any, path: str | Path, trusted: Iterable[str] = (), allowed: Iterable[str] = ALLOWED_TARGETS) -> None:
+    """Refuse a stored record naming, anywhere, a ``_target_`` that is not one of this package's
+    (``allowed``) or ``trusted``."""
+    allowed = set(allowed) | set(trusted)
+    for key_path, target in _stored_targets(record, ""):
+        if not isinstance(target, str) or target not in allowed:
+            raise ValueError(
+                f"refused to load {str(path)!r}: {key_path}={target!r} is not one of kan-lightning's own "
+                "targets (a stored config is data: nothing it names is imported or called)"
+            )
+
+
+def _inside(child: str, parent: str) -> bool:
+    child_abs, parent_abs = os.path.realpath(child), os.path.realpath(parent)
+    return os.path.commonpath([child_abs, parent_abs]) == parent_abs
+
+
+def check_stored_paths(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose callback states (Lightning's ``ModelCheckpoint``: best, last
+    and top-k files, which resuming may load or delete) point outside the directory they name."""
+    for name, state in (checkpoint.get("callbacks") or {}).items():
+        if not isinstance(state, dict) or "dirpath" not in state:
+            continue
+        dirpath = state["dirpath"]
+        stored = [(f"callbacks[{name!r}].{k}", state.get(k)) for k in _PATH_KEYS]
+        stored += [(f"callbacks[{name!r}].best_k_models", k) for k in state.get("best_k_models") or {}]
+        for key_path, value in stored:
+            if value in (None, ""):
+                continue
+            if not isinstance(value, str) or not isinstance(dirpath, str) or not _inside(value, dirpath):
+                raise ValueError(
+                    f"refused to load {str(path)!r}: {key_path}={value!r} lies outside its checkpoint "
+                    f"directory {dirpath!r} (stored paths are never followed)"
+                )
+
+
+def build_from_plain(cls: type, config: Any, where: str, path: str | Path = "checkpoint") -> Any:
+    """``cls(**config)`` for a stored config of plain values only, with an error naming the
+    stored key a constructor refuses."""
+    if not isinstance(config, dict):
+        raise ValueError(f"refused to load {str(path)!r}: {where} is not a mapping of plain values")
+    _check_plain(config, where, path)
+    accepted = inspect.signature(cls).parameters
+    any_keyword = any(p.kind == p.VAR_KEYWORD for p in accepted.values())  # passed on, checked there
+    for key in config:
+        if key not in accepted and not any_keyword:
+            raise ValueError(f"refused to load {str(path)!r}: {where}.{key} is not a parameter of {cls.__name__}")
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cannot rebuild {cls.__name__} from {where} of {str(path)!r}: {err}") from None
+
+
+def _check_plain(value: Any, where: str, path: str | Path) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_plain(v, f"{where}.{k}", path)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]", path)
+    elif not (value is None or isinstance(value, (bool, int, float, str))):
+        raise ValueError(f"refused to load {str(path)!r}: {where} holds a {type(value).__name__}, not a plain value")
 
 
 def _reason(err: BaseException) -> str:
@@ -46,6 +183,8 @@ def _reason(err: BaseException) -> str:
     marker = "WeightsUnpickler error:"
     if marker in text:
         text = text.split(marker, 1)[1]
+    elif text.startswith("Weights only load failed"):  # the reason follows torch's advice paragraph
+        text = text.split("\n\n", 1)[-1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     reason = lines[0] if lines else ""
     return f"{type(err).__name__}: {reason}" if reason else type(err).__name__
@@ -71,10 +210,10 @@ def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path) -> nn.Module:
     if not isinstance(checkpoint, dict):
         checkpoint = read_checkpoint(checkpoint)
     meta = checkpoint.get("kan_lightning")
-    if not meta or meta.get("model_class") not in MODEL_CLASSES:
-        found = meta.get("model_class") if meta else None
+    if not isinstance(meta, dict) or meta.get("model_class") not in MODEL_CLASSES:
+        found = meta.get("model_class") if isinstance(meta, dict) else None
         raise ValueError(f"checkpoint holds no known kan-lightning model (model_class={found!r})")
-    model = MODEL_CLASSES[meta["model_class"]](**meta["model_config"])
+    model = build_from_plain(MODEL_CLASSES[meta["model_class"]], meta.get("model_config"), "kan_lightning.model_config")
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)

@@ -180,9 +180,10 @@ class DivergenceGuard(L.Callback):
             return "no checkpoint had been written yet"
         self.checkpoint = str(path)
         try:
-            from kan_lightning.lit.checkpoint import read_checkpoint
+            from kan_lightning.lit.checkpoint import config_targets, read_checkpoint
 
-            saved = read_checkpoint(path)
+            # this run's own checkpoint: the targets of its own config are trusted
+            saved = read_checkpoint(path, config_targets(getattr(trainer.lightning_module, "run_config", None)))
             return f"the last good checkpoint is {path} (epoch {saved.get('epoch')}, step {saved.get('global_step')})"
         except (OSError, ValueError):
             return f"the last checkpoint is {path}"
