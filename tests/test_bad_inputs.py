@@ -298,10 +298,11 @@ def _kan_symbolic(path: Path, tmp: Path) -> Any:
 def _resume(path: Path, tmp: Path) -> Any:
     from kan_lightning.train import _checked_resume
     from kan_lightning.lit import KANRegressor
+    from omegaconf import OmegaConf
 
     module = KANRegressor(KAN([2, 3, 1]), run_config={})
     try:
-        return _checked_resume(str(path), module)
+        return _checked_resume(str(path), module, OmegaConf.create({}))
     except ConfigError as err:
         raise ValueError(str(err)) from None
 
