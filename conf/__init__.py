@@ -30,3 +30,12 @@ def kan_sqlite(path: str) -> str:
 OmegaConf.register_new_resolver("kan_sqlite", kan_sqlite, replace=True)
 OmegaConf.register_new_resolver("kan_widths", kan_widths, replace=True)
 OmegaConf.register_new_resolver("kan_device_slots", kan_device_slots, replace=True)
+
+
+def kan_job_dir(sweep_dir: str, number: int, task_overrides, numbered: bool = False) -> str:
+    from kan_lightning.run_names import job_dirname
+
+    return job_dirname(str(sweep_dir), int(number), list(task_overrides), bool(numbered))
+
+
+OmegaConf.register_new_resolver("kan_job_dir", kan_job_dir, replace=True)

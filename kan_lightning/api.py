@@ -521,7 +521,7 @@ class KANTrainer:
             )
         else:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, None or a callable, got {lr_schedule!r}")
-        monitor = "val/loss" if has_val else "train/loss_epoch"
+        monitor = "val/loss" if has_val else "train/objective_epoch"
         self.module.scheduler_interval = "epoch"
         self.module.scheduler_monitor = monitor
 

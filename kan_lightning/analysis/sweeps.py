@@ -30,6 +30,7 @@ import yaml
 
 METRICS_FILE = "metrics.json"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 EXTRA_METRICS = ("num_parameters", "wall_time_s")
 COMPLETED = "completed"
 
@@ -38,9 +39,23 @@ COMPLETED = "completed"
 # Reading
 
 
+def job_number(job_dir: Path) -> int | None:
+    """Hydra's number of a multirun job: its directory's name when that is a number, else the
+    ``hydra.job.num`` Hydra saved in ``.hydra/hydra.yaml`` (directories named by their swept
+    values, ``grid_size=5,l1=0.001``)."""
+    if job_dir.name.isdigit():
+        return int(job_dir.name)
+    try:
+        num = ((yaml.safe_load((job_dir / HYDRA_FILE).read_text()) or {}).get("hydra") or {}).get("job", {}).get("num")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return num if isinstance(num, int) else None
+
+
 def _job_key(path: Path) -> tuple:
-    # Hydra numbers jobs 0, 1, ..., 10: sort 2 before 10, names that are not numbers after.
-    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+    # Hydra numbers jobs 0, 1, ..., 10: sort 2 before 10, jobs without a number after.
+    number = job_number(path)
+    return (0, number, "") if number is not None else (1, 0, path.name)
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -104,7 +119,8 @@ def load_job(job_dir: str | Path) -> dict[str, Any]:
     (still running, killed, or never started: the directory cannot tell which).
     """
     job_dir = Path(job_dir)
-    row: dict[str, Any] = {"job": job_dir.name, "status": "missing", "error": None, "overrides": {}, "metrics": {}}
+    number = job_number(job_dir)
+    row: dict[str, Any] = {"job": job_dir.name if number is None else str(number), "dir": job_dir.name, "status": "missing", "error": None, "overrides": {}, "metrics": {}}
     record: dict[str, Any] = {}
     if (job_dir / METRICS_FILE).is_file():
         try:
