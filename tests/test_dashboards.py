@@ -130,3 +130,135 @@ def test_tensorboard_serves_a_sweep_by_its_swept_values(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _train_cli(tmp_path: Path, *overrides: str, timeout: float = 300) -> dict:
+    run_dir = tmp_path / "runs" / "train" / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "kan_lightning.train", *SMALL, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _check_mlflow_run(client, record: dict) -> str:
+    experiment = client.get_experiment_by_name("train")
+    (run,) = client.search_runs([experiment.experiment_id])
+    params, metrics = run.data.params, run.data.metrics
+    assert params["model.grid_size"] == "5" and params["optimizer"] == "adam" and params["trainer.max_epochs"] == "2"
+    for name in ("test/rmse", "val/rmse", "test/r2"):
+        assert metrics[name] == pytest.approx(record["metrics"][name], rel=1e-6), name
+    assert metrics["run/num_parameters"] == record["num_parameters"]
+    return run.info.run_id
+
+
+@pytest.mark.slow
+def test_mlflow_local_sqlite_store_by_default(tmp_path):
+    pytest.importorskip("mlflow", reason="needs the [mlflow] extra")
+    from mlflow.tracking import MlflowClient
+
+    record = _train_cli(tmp_path, "logger=mlflow")
+    store = tmp_path / "runs" / "train" / "mlflow.db"
+    assert store.is_file(), "one SQLite store next to the task's run directories"
+    _check_mlflow_run(MlflowClient(tracking_uri=f"sqlite:///{store}"), record)
+
+
+@pytest.mark.slow
+def test_mlflow_server_gets_params_metrics_and_the_network_figure(tmp_path):
+    pytest.importorskip("mlflow", reason="needs the [mlflow] extra")
+    from mlflow.tracking import MlflowClient
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,  # its own group: uvicorn runs as a child
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, "mlflow server exited"
+            assert time.time() < deadline, "mlflow server did not start within 180 s"
+            time.sleep(1)
+        record = _train_cli(
+            tmp_path, "logger=mlflow", f"logger.mlflow.tracking_uri={url}", "logger.mlflow.artifact_location=null",
+            "callbacks=edge_plots", "callbacks.edge_plots.every_n_epochs=0",
+        )
+        client = MlflowClient(tracking_uri=url)
+        run_id = _check_mlflow_run(client, record)
+        names = [a.path for a in client.list_artifacts(run_id, "figures")]
+        assert names == ["figures/network_final.png"]
+        local = client.download_artifacts(run_id, "figures/network_final.png", str(tmp_path / "download"))
+        saved = tmp_path / "runs" / "train" / "run" / "figures" / "network_final.png"
+        assert Path(local).read_bytes() == saved.read_bytes()
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait()
+
+
+def _wandb_records(path: Path):
+    """The records of a W&B run file (``run-<id>.wandb``): a 7-byte header, then LevelDB-style
+    log records in 32 KiB blocks (checksum, length, type: full, first, middle, last)."""
+    import struct
+
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    block, pos, pending = 32768, 7, b""
+    while pos + 7 <= len(raw):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        data, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            break
+        pending = data if kind in (1, 2) else pending + data
+        if kind in (1, 4):
+            yield pending
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_files_hold_params_and_metrics(tmp_path):
+    pytest.importorskip("wandb", reason="needs the [wandb] extra")
+    from wandb.proto import wandb_internal_pb2
+
+    record = _train_cli(tmp_path, "logger=wandb")
+    (run_file,) = (tmp_path / "runs" / "train" / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    config, summary = {}, {}
+    for data in _wandb_records(run_file):
+        message = wandb_internal_pb2.Record.FromString(data)
+        kind = message.WhichOneof("record_type")
+        if kind in ("config", "summary"):
+            target = config if kind == "config" else summary
+            # W&B splits keys with slashes into nested keys
+            target.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in getattr(message, kind).update})
+    assert config["model.grid_size"] == 5 and config["optimizer"] == "adam" and config["trainer.max_epochs"] == 2
+    for name in ("test/rmse", "val/rmse", "test/r2"):
+        assert summary[name] == pytest.approx(record["metrics"][name], rel=1e-6), name
+    assert summary["run/num_parameters"] == record["num_parameters"]
+
+
+def test_edge_plots_log_one_legible_image_per_small_layer(make_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from kan_lightning.train import train
+
+    train(make_cfg("debug=fast", "trainer.enable_progress_bar=false", "logger=tensorboard", "callbacks=edge_plots",
+                   "model.layers_hidden=[2,5,1]", "data.n_samples=100"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert set(events.Tags()["images"]) == {"kan/network", "kan/network_layer0", "kan/network_layer1"}
+    layer0 = events.Images("kan/network_layer0")[-1]
+    assert layer0.width / 2 >= 150 and layer0.height / 5 >= 120, "a panel per edge, 2 inputs x 5 outputs, that reads"
