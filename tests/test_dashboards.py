@@ -262,3 +262,48 @@ def test_edge_plots_log_one_legible_image_per_small_layer(make_cfg, tmp_path):
     assert set(events.Tags()["images"]) == {"kan/network", "kan/network_layer0", "kan/network_layer1"}
     layer0 = events.Images("kan/network_layer0")[-1]
     assert layer0.width / 2 >= 150 and layer0.height / 5 >= 120, "a panel per edge, 2 inputs x 5 outputs, that reads"
+
+
+@pytest.mark.slow
+def test_debug_presets_run(make_cfg, tmp_path):
+    from kan_lightning.lit.checkpoint import read_checkpoint
+    from kan_lightning.train import train
+
+    quick = ["trainer.enable_progress_bar=false", "data.n_samples=400"]
+    record = train(make_cfg("debug=fdr", *quick, output_dir=tmp_path / "fdr"))
+    assert record["status"] == "completed" and record["metrics"]["test/rmse"] > 0
+
+    record = train(make_cfg("debug=limit", *quick, "data.batch_size=32", "logger=csv", output_dir=tmp_path / "limit"))
+    last = read_checkpoint(tmp_path / "limit" / "checkpoints" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (2, 9), "3 epochs of 3 batches"
+    assert (tmp_path / "limit" / "csv" / "metrics.csv").is_file()
+
+    record = train(make_cfg("debug=profiler", *quick, "logger=none", output_dir=tmp_path / "prof"))
+    profile = (tmp_path / "prof" / "fit-profile.txt").read_text()
+    assert "run_training_epoch" in profile
+
+    record = train(make_cfg("debug=overfit", *quick, "trainer.max_epochs=60", output_dir=tmp_path / "overfit"))
+    assert record["metrics"]["train/rmse"] < 0.1 * record["metrics"]["test/rmse"] or record["metrics"]["train/r2"] > 0.99
+
+
+def test_batch_logs_progress_lines_summary_and_no_noise(make_cfg, tmp_path, caplog, capsys):
+    import logging
+
+    from kan_lightning.logs import ProgressLog, progress_bar
+    from kan_lightning.train import train
+
+    assert isinstance(progress_bar(every_n_epochs=2, interactive=False), ProgressLog)
+    caplog.set_level(logging.INFO)
+    record = train(make_cfg("debug=fast", "trainer.max_epochs=4", "callbacks.progress_bar.every_n_epochs=2", "tags=[a,b]"))
+    messages = [r.getMessage() for r in caplog.records]
+    progress = [m for m in messages if m.startswith("epoch ")]
+    assert [m.split()[1] for m in progress] == ["2/4", "4/4"], progress
+    assert "val/rmse=" in progress[-1]
+    rmse, r2 = record["metrics"]["test/rmse"], record["metrics"]["test/r2"]
+    assert f"completed: test RMSE {rmse:.4g}, test R^2 {r2:.4g}" in messages[-1] and messages[-1].endswith(f"-> {tmp_path}")
+    noise = ("weights_only", "Tip:", "srun", "LeafSpec")
+    assert not [m for m in messages if any(n in m for n in noise)]
+    # the resolved config, printed (a single run) and kept
+    tree = (tmp_path / "config_tree.log").read_text()
+    assert "grid_size: 5" in tree and "- a" in tree
+    assert "grid_size: 5" in capsys.readouterr().out
