@@ -416,6 +416,9 @@ class KANTrainer:
             callbacks=callbacks,
         )
         options.update(kwargs)
+        from kan_lightning.logs import quiet_library_noise
+
+        quiet_library_noise()  # Lightning's litlogger tip, srun hint, pytree deprecation
         return L.Trainer(**options)
 
     def train(
