@@ -46,8 +46,8 @@ from kan_lightning.config_checks import ConfigError, config_error, instantiate_n
 from kan_lightning.lit import KANRegressor
 from kan_lightning.lit.checkpoint import check_state_matches, read_checkpoint
 from kan_lightning.lit.hparams import hydra_context, log_run
-from kan_lightning.logs import start_logs, summary_line
 from kan_lightning.lit.safety import TrainingDiverged, TrainingInterrupted, raise_on_sigterm
+from kan_lightning.logs import start_logs, summary_line
 
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.txt"

@@ -127,3 +127,14 @@ def test_readme_commands_run(tmp_path):
         ran.append(command)
     assert len(ran) >= 12 and all(c.split()[0] in ("kan-train", "kan-eval", "kan-sweep-summary", "kan-symbolic", "kan-bench", "python") for c in ran)
     assert {"kan-eval", "kan-symbolic", "kan-sweep-summary"} <= {c.split()[0] for c in ran}
+
+
+@pytest.mark.parametrize("config,app", [("train", "kan-train"), ("eval", "kan-eval"), ("symbolic", "kan-symbolic")])
+def test_each_command_names_itself_in_help(config, app):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("kan_lightning.conf", version_base="1.3"):
+        cfg = compose(config, return_hydra_config=True)
+    assert cfg.hydra.help.app_name == app
