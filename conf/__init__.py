@@ -30,3 +30,20 @@ def kan_sqlite(path: str) -> str:
 OmegaConf.register_new_resolver("kan_sqlite", kan_sqlite, replace=True)
 OmegaConf.register_new_resolver("kan_widths", kan_widths, replace=True)
 OmegaConf.register_new_resolver("kan_device_slots", kan_device_slots, replace=True)
+
+
+def kan_job_dir(sweep_dir: str, number: int, task_overrides, numbered: bool = False) -> str:
+    from kan_lightning.run_names import job_dirname
+
+    return job_dirname(str(sweep_dir), int(number), list(task_overrides), bool(numbered))
+
+
+def kan_basename(path: str) -> str:
+    """The last component of ``path``: a run's name from its directory."""
+    from pathlib import Path
+
+    return Path(str(path)).name
+
+
+OmegaConf.register_new_resolver("kan_job_dir", kan_job_dir, replace=True)
+OmegaConf.register_new_resolver("kan_basename", kan_basename, replace=True)

@@ -449,6 +449,9 @@ class KANTrainer:
             callbacks=callbacks,
         )
         options.update(kwargs)
+        from kan_lightning.logs import quiet_library_noise
+
+        quiet_library_noise()  # Lightning's litlogger tip, srun hint, pytree deprecation
         return L.Trainer(**options)
 
     def train(
@@ -558,7 +561,7 @@ class KANTrainer:
             )
         else:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, None or a callable, got {lr_schedule!r}")
-        monitor = "val/loss" if has_val else "train/loss_epoch"
+        monitor = "val/loss" if has_val else "train/objective_epoch"
         self.module.scheduler_interval = "epoch"
         self.module.scheduler_monitor = monitor
 

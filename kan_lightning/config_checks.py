@@ -363,7 +363,7 @@ def check_scheduler(scheduler: Mapping[str, Any] | None) -> None:
 def logged_metrics(model: Mapping[str, Any]) -> list[str]:
     """The names KANRegressor logs for this model (what a monitor may watch)."""
     names = [f"{stage}/{name}" for stage in LOGGED_STAGES for name in LOGGED_NAMES]
-    names += ["train/loss_step", "train/loss_epoch"]
+    names += ["train/loss_step", "train/loss_epoch", "train/objective", "train/objective_step", "train/objective_epoch"]
     regularization = model.get("regularization") if isinstance(model, Mapping) else None
     if isinstance(regularization, Mapping):
         names += [f"reg/{term}{suffix}" for term in regularization for suffix in ("", "_step", "_epoch")]

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kan_lightning.analysis import symbolic as sym
+from kan_lightning.analysis.figures import FORMATS
 from kan_lightning.analysis.plots import plot_network, save_figure
 from kan_lightning.evaluate import SPLITS, datamodule_from_checkpoint
 from kan_lightning.lit.checkpoint import model_from_checkpoint, read_checkpoint
@@ -85,6 +86,9 @@ def symbolic_from_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     if cfg.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {cfg.split!r}")
+    figure_format = cfg.get("figure_format", "png")
+    if figure_format not in FORMATS:
+        raise ValueError(f"figure_format must be one of {FORMATS}, got {figure_format!r}")
     checkpoint = read_checkpoint(cfg.ckpt_path, list(cfg.get("trusted_targets") or []))
     model = load_kan(checkpoint)
     check_edge_budget(model, cfg.get("max_edges"))
@@ -157,7 +161,8 @@ def symbolic_from_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / FORMULA_TXT).write_text(f"{output_name} = {expr}\n")
     if cfg.get("plot", True):
         fig = plot_network(model, x_fit.to(dtype), input_names=input_names, output_names=[output_name], fits=fits, title=f"{output_name} = {expr}")
-        record["figure"] = str(save_figure(fig, output_dir / NETWORK_PNG))
+        path = (output_dir / NETWORK_PNG).with_suffix(f".{figure_format}")
+        record["figure"] = str(save_figure(fig, path, dpi=cfg.get("dpi")))
     record["wall_time_s"] = time.time() - start
     (output_dir / FORMULA_JSON).write_text(json.dumps(record, indent=2, default=str))
     record["expr"] = expr

@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -43,7 +42,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -51,8 +49,10 @@ from kan_lightning.devices import device_lease
 from kan_lightning.config_checks import ConfigError, config_error, instantiate_node, layers_mismatch, resolved_container, validate_config
 from kan_lightning.lit import KANRegressor
 from kan_lightning.lit.checkpoint import check_state_matches, config_targets, load_plain, read_checkpoint
-from kan_lightning.resources import check_resources
+from kan_lightning.lit.hparams import hydra_context, log_run
 from kan_lightning.lit.safety import TrainingDiverged, TrainingInterrupted, raise_on_sigterm
+from kan_lightning.logs import start_logs, summary_line
+from kan_lightning.resources import check_resources
 from kan_lightning.run_dir import RunDirRefused, check_same_run, claim
 
 METRICS_FILE = "metrics.json"
@@ -122,27 +122,6 @@ def callback_reports(named_callbacks: dict[str, Any]) -> dict[str, Any]:
     """What callbacks with a ``report()`` method have to say about the run (e.g. the metrics
     of every grid-extension stage), keyed by their config name, for ``metrics.json``."""
     return {name: cb.report() for name, cb in named_callbacks.items() if callable(getattr(cb, "report", None))}
-
-
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The swept-over sections of the config, flattened to ``section/key`` scalars for
-    TensorBoard's hparams view (lists become strings)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    container = {k: resolved.get(k) for k in ("model", "data", "optimizer", "scheduler")}
-    flat: dict[str, Any] = {"seed": cfg.seed}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key not in ("_partial_",):
-                    walk(f"{prefix}/{key}" if prefix else key, value)
-        elif isinstance(node, (bool, int, float, str)):
-            flat[prefix] = node
-        else:
-            flat[prefix] = str(node)
-
-    walk("", container)
-    return flat
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -259,6 +238,7 @@ def _write_stopped(output_dir: Path, record: dict[str, Any], err: BaseException,
             removed = _remove_partial_files(output_dir)
             short = {k: record[k] for k in ("status", "error", "error_type", "task", "seed", "wall_time_s") if k in record}
             write_run_record(output_dir, {**short, "removed_partial_files": removed})
+        log.error(summary_line(record, output_dir))
         text = "".join(traceback.format_exception(type(err), err, err.__traceback__)) if with_traceback else f"{record['error']}\n"
         (output_dir / ERROR_FILE).write_text(text)
     except OSError as io_err:  # never hide the original error behind a disk problem
@@ -379,6 +359,7 @@ def _interrupted(cfg: DictConfig, output_dir: Path, start: float, err: BaseExcep
 def _train(cfg: DictConfig, output_dir: Path, start: float, state: dict[str, Any]) -> dict[str, Any]:
     validate_config(cfg)
     check_resources(resolved_container(cfg))  # before anything is allocated
+    start_logs(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate_node(cfg.data, "data", _convert_="all")
@@ -416,12 +397,13 @@ def _train(cfg: DictConfig, output_dir: Path, start: float, state: dict[str, Any
         if cfg.get("test", True):
             if cfg.get("test_ckpt", "best") == "best" and best and best["path"]:
                 test_ckpt = best["path"]
-            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)
             metrics.update(_scalars(trainer.callback_metrics))
 
     record = {
         "status": "completed",
         "task": cfg.get("task_name"),
+        "job": hydra_context()[2],
         "seed": cfg.seed,
         "metrics": metrics,
         "best": best,
@@ -438,22 +420,16 @@ def _train(cfg: DictConfig, output_dir: Path, start: float, state: dict[str, Any
     if lease:
         record["device_lease"] = {"slot": lease["slot"], "start": lease["start"], "end": time.time()}
     if trainer.is_global_zero:
-        _log_hparams(trainer, cfg, metrics, best)
+        _log_hparams(trainer, cfg, record)
         write_run_record(output_dir, record)
         (output_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier attempt, now resumed
+        log.info(summary_line(record, output_dir))
     return record
 
 
-def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float], best: dict | None) -> None:
-    """Final metrics as ``hp/*`` in TensorBoard's hparams view, to compare the runs of a sweep."""
-    hp = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.startswith(("train/", "val/", "test/"))}
-    if best:
-        hp[f"hp/best_{best['monitor'].replace('/', '_')}"] = best["value"]
-    hp = {k: v for k, v in hp.items() if math.isfinite(v)}
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(flat_hparams(cfg), metrics=hp)
-            logger.finalize("success")
+def _log_hparams(trainer: L.Trainer, cfg: DictConfig, record: dict[str, Any]) -> None:
+    """The same hyperparameters and final values to every logger (``kan_lightning.lit.hparams``)."""
+    log_run(trainer.loggers, cfg, record, trainer.global_step, cfg.paths.output_dir)
 
 
 def _is_multirun() -> bool:

@@ -525,12 +525,12 @@ def test_sweep_with_a_failing_job_runs_the_others(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = _cli("-m", "debug=fast", "logger=none", "trainer.enable_progress_bar=false", "model.grid_size=3,0,5", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode != 0  # Hydra reports the failed job at the end
-    for job in ("0", "2"):
+    for job in ("grid_size=3", "grid_size=5"):  # job directories are named by the swept values
         assert _metrics(sweep_dir / job)["test/rmse"] > 0
-    failed = json.loads((sweep_dir / "1" / "metrics.json").read_text())
+    failed = json.loads((sweep_dir / "grid_size=0" / "metrics.json").read_text())
     assert failed["status"] == "failed"
     assert failed["error"] == "ConfigError: model.grid_size=0 must be an integer >= 1"
-    assert "model.grid_size=0" in (sweep_dir / "1" / "error.txt").read_text()
+    assert "model.grid_size=0" in (sweep_dir / "grid_size=0" / "error.txt").read_text()
     rows = {row["job"]: row for row in load_sweep(sweep_dir)}
     assert [rows[j]["status"] for j in ("0", "1", "2")] == ["completed", "failed", "completed"]
     assert rows["1"]["error"] == failed["error"] and rows["1"]["overrides"]["model.grid_size"] == 0

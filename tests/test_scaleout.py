@@ -64,7 +64,7 @@ def test_ddp_inside_a_multirun_keeps_one_directory_per_job(tmp_path):
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"], "no second sweep directory"
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
-    assert jobs == ["0", "1"]
+    assert jobs == ["grid_size=3", "grid_size=5"]
     done = records(tmp_path / "sweep")
     assert [r["status"] for r in done] == ["completed", "completed"]
     assert sorted(r["config"]["model"]["grid_size"] for r in done) == [3, 5]

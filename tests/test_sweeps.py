@@ -178,9 +178,9 @@ def test_real_multirun_summary(tmp_path):
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    for job in ("0", "1"):
+    for number, job in enumerate(("grid_size=3", "grid_size=5")):  # named by the swept values
         record = json.loads((sweep_dir / job / "metrics.json").read_text())
-        assert record["status"] == "completed"
+        assert record["status"] == "completed" and record["job"] == number
 
     cli = [sys.executable, "-m", "kan_lightning.analysis.sweeps", str(sweep_dir)]
     result = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -310,6 +310,10 @@ def test_symbolic_from_checkpoint_writes_files(make_cfg, tmp_path):
     assert sympy.sympify(saved["srepr"]) == result["expr"]  # srepr round-trips
     assert (out_dir / "formula.txt").read_text().startswith("y = ")
     assert (out_dir / "network.png").stat().st_size > 1000
+    svg = make_cfg(f"ckpt_path={train_dir}/checkpoints/last.ckpt", "n_points=300", "library=[x,x2,sin,exp]", "figure_format=svg",
+                   output_dir=tmp_path / "svg", config_name="symbolic")
+    assert symbolic_from_checkpoint(svg)["figure"].endswith("network.svg")
+    assert (tmp_path / "svg" / "network.svg").read_bytes().startswith(b"<?xml")
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -36,28 +37,46 @@ def _event_dir(root: Path) -> str:
 
 
 def test_tensorboard_scalars_and_hparams_read_back(make_cfg, tmp_path):
-    cfg = make_cfg(*FAST, "logger=tensorboard", "model.regularization.l1=1e-3")
+    cfg = make_cfg(*FAST, "logger=many", "model.regularization.l1=1e-3", "tags=[smoke]")
     record = train(cfg)
     events = EventAccumulator(_event_dir(tmp_path / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss_step", "val/loss", "val/rmse", "reg/l1_step", "reg/l1_epoch", "hp/test_rmse"} <= scalars
-    assert not any(tag == "hp_metric" for tag in scalars)  # no placeholder metric
+    assert {"train/loss_step", "train/objective_epoch", "val/loss", "val/rmse", "reg/l1_step", "reg/l1_epoch", "test/rmse"} <= scalars
+    assert {"run/num_parameters", "run/wall_time_s", "val/loss_best"} <= scalars
+    assert not any(tag == "hp_metric" or tag.startswith("hp/") for tag in scalars)  # no duplicates
     lr_tags = [t for t in scalars if t.startswith("lr-")]
     assert lr_tags, scalars
-    hp_value = events.Scalars("hp/test_rmse")[-1].value
-    assert hp_value == pytest.approx(record["metrics"]["test/rmse"], rel=1e-6)
+    assert events.Scalars("run/num_parameters")[-1].value == record["num_parameters"]
+    # the objective is the loss plus the penalty: larger on a regularized run
+    objective, loss = events.Scalars("train/objective_epoch")[-1].value, events.Scalars("train/loss_epoch")[-1].value
+    assert objective == pytest.approx(loss + 1e-3 * events.Scalars("reg/l1_epoch")[-1].value, rel=1e-4) and objective > loss
 
     content = events.PluginTagToContent("hparams")
     infos = [plugin_data_pb2.HParamsPluginData.FromString(blob) for blob in content.values()]
     starts = [i.session_start_info for i in infos if i.HasField("session_start_info")]
     assert len(starts) == 1, "exactly one hparams session per run"
     hparams = starts[0].hparams
-    assert hparams["model/grid_size"].number_value == 5
-    assert hparams["model/regularization/l1"].number_value == pytest.approx(1e-3)
+    assert hparams["model.grid_size"].number_value == 5
+    assert hparams["model.regularization.l1"].number_value == pytest.approx(1e-3)
+    assert hparams["model"].string_value == "kan" and hparams["trainer"].string_value == "debug"
+    assert hparams["trainer.max_epochs"].number_value == cfg.trainer.max_epochs
+    assert hparams["tags"].string_value == "smoke"
     experiments = [i.experiment for i in infos if i.HasField("experiment")]
-    metric_tags = {m.name.tag for m in experiments[0].metric_infos}
-    assert "hp/test_rmse" in metric_tags
+    metric_tags = [m.name.tag for m in experiments[0].metric_infos]
+    assert metric_tags[:5] == ["test/rmse", "val/rmse", "test/r2", "run/num_parameters", "run/wall_time_s"]
+    assert set(metric_tags) <= scalars, "every HPARAMS metric is a scalar tag of the run"
+    swept = [h.name for h in experiments[0].hparam_infos if h.differs]
+    # a single run: its overridden keys (a config group: its choice) differ, which TensorBoard lists first
+    assert set(swept) == {"debug", "trainer.enable_progress_bar", "logger", "model.regularization.l1", "tags"}
+
+    # the CSV logger gets the same hyperparameters and final values
+    csv_hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
+    assert csv_hparams["model.grid_size"] == 5 and csv_hparams["trainer.max_epochs"] == cfg.trainer.max_epochs
+    tb_hparams = yaml.safe_load((tmp_path / "tensorboard" / "hparams.yaml").read_text())
+    assert tb_hparams == csv_hparams
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"run/num_parameters", "test/rmse"} <= set(header)
 
 
 def test_eval_reproduces_test_metrics(make_cfg, tmp_path):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from kan_lightning.analysis.figures import DEFAULT_DPI, add_figure_args, limit_to_data, save
 from kan_lightning.analysis.scaling import PowerLaw, fit_before_floor
 
 METRICS_FILE = "metrics.json"
@@ -181,33 +182,38 @@ def plot_stages(
     path: Path,
     x_key: str = "grid",
     reference: tuple[str, dict[int, float]] | None = None,
+    dpi: int = DEFAULT_DPI,
 ) -> Path:
     """Log-log plot of train and test RMSE against grid size (or parameter count), one line
     pair per run, with the slope -4 line through the first test point (and a reference curve
-    against grid size, e.g. pykan's)."""
+    against grid size, e.g. pykan's). The axes span the data; the slope line is cut to them.
+    The format follows ``path``'s suffix."""
     fig = _figure()
     ax = fig.add_subplot()
+    shown: list[float] = []
     for name, stages in runs.items():
         pts = [s for s in stages if _positive(s.get("test/rmse"))]
         xs = [s[x_key] for s in pts]
         line = ax.plot(xs, [s["test/rmse"] for s in pts], "o-", label=f"{name} test")[0]
         train = [s for s in pts if _positive(s.get("train/rmse"))]
         ax.plot([s[x_key] for s in train], [s["train/rmse"] for s in train], "x--", color=line.get_color(), alpha=0.6, label=f"{name} train")
+        shown += [s["test/rmse"] for s in pts] + [s["train/rmse"] for s in train]
     first = [s for s in next(iter(runs.values())) if _positive(s.get("test/rmse"))]
     if first:
         _theory_line(ax, [s[x_key] for s in first], first[0][x_key], first[0]["test/rmse"], label=f"slope {THEORY_SLOPE:g}")
     if reference and reference[1] and x_key == "grid":
         grids = sorted(reference[1])
         ax.plot(grids, [reference[1][g] for g in grids], "s:", color="grey", label=f"{reference[0]} test")
+        shown += [reference[1][g] for g in grids]
     ax.set_xscale("log")
     ax.set_yscale("log")
+    limit_to_data(ax, shown, log=True)
     ax.set_xlabel("grid size G" if x_key == "grid" else "parameters")
-    ax.set_ylabel("RMSE")
+    ax.set_ylabel("RMSE (train: dashed)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return save(fig, path, dpi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,16 +274,19 @@ def scaling_series(run_dirs: Iterable[Path]) -> list[ScalingSeries]:
     return kan + [mlp[d] for d in sorted(mlp)]
 
 
-def plot_scaling(series: Sequence[ScalingSeries], path: Path) -> Path:
+def plot_scaling(series: Sequence[ScalingSeries], path: Path, dpi: int = DEFAULT_DPI) -> Path:
     """Test RMSE against parameter count, log-log: KAN lines (grid stages), MLP lines (widths),
-    and the N^-4 line of cubic-spline theory through the best KAN's first point."""
+    and the N^-4 line of cubic-spline theory through the best KAN's first point, cut to the
+    data's range. The format follows ``path``'s suffix."""
     fig = _figure((6.4, 4.5))
     ax = fig.add_subplot()
     xs_all: list[float] = []
+    shown: list[float] = []
     for s in series:
         pts = [p for p in s.points if _positive(p.get("test/rmse"))]
         xs = [p["num_parameters"] for p in pts]
         xs_all += xs
+        shown += [p["test/rmse"] for p in pts]
         style = "o-" if s.kind == "KAN" else "s--"
         ax.plot(xs, [p["test/rmse"] for p in pts], style, label=s.label)
     kans = [s for s in series if s.kind == "KAN" and any(_positive(p.get("test/rmse")) for p in s.points)]
@@ -287,13 +296,13 @@ def plot_scaling(series: Sequence[ScalingSeries], path: Path) -> Path:
         _theory_line(ax, xs_all, p0["num_parameters"], p0["test/rmse"], label=f"N^{THEORY_SLOPE:g} (theory)")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    limit_to_data(ax, shown, log=True)
     ax.set_xlabel("number of parameters")
     ax.set_ylabel("test RMSE")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return save(fig, path, dpi)
 
 
 def scaling_markdown(series: Sequence[ScalingSeries]) -> str:
@@ -342,7 +351,7 @@ def run_labels(run_dirs: Sequence[Path], records: Sequence[dict]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(r) for r in run_dirs]
 
 
-def _grid_extension_report(run_dirs: Sequence[Path], out: Path, name: str, x_key: str, reference) -> str:
+def _grid_extension_report(run_dirs: Sequence[Path], out: Path, name: str, x_key: str, reference, fmt: str = "png", dpi: int = DEFAULT_DPI) -> str:
     runs: dict[str, list[dict]] = {}
     walls: dict[str, float | None] = {}
     records = [load_record(run) for run in run_dirs]
@@ -359,7 +368,7 @@ def _grid_extension_report(run_dirs: Sequence[Path], out: Path, name: str, x_key
     text = "\n\n".join(parts) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.md").write_text(text)
-    plot_stages(runs, out / f"{name}.png", x_key, reference)
+    plot_stages(runs, out / f"{name}.{fmt}", x_key, reference, dpi)
     return text
 
 
@@ -371,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--x", choices=("grid", "num_parameters"), default="grid", help="plot against grid size or parameters")
     parser.add_argument("--reference", help='a reference test RMSE per grid for table and plot, "label=G:rmse,G:rmse,..."')
     parser.add_argument("--scaling", action="store_true", help="the KAN-vs-MLP figure: test RMSE against parameters for every run found")
+    add_figure_args(parser)
     args = parser.parse_args(argv)
     out = args.out or args.runs[0]
     try:
@@ -383,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             text = scaling_markdown(series)
             (out / f"{name}.md").write_text(text)
-            plot_scaling(series, out / f"{name}.png")
+            plot_scaling(series, out / f"{name}.{args.format}", args.dpi)
         else:
             name = args.name or "grid_extension"
             given = {r.resolve() for r in args.runs if (r / METRICS_FILE).is_file()}
@@ -392,12 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dirs = [r for r in find_runs(args.runs) if r in given or record_stages(load_record(r))]
             if not run_dirs:
                 raise ValueError(f"no runs below {', '.join(map(str, args.runs))}")
-            text = _grid_extension_report(run_dirs, out, name, args.x, reference)
+            text = _grid_extension_report(run_dirs, out, name, args.x, reference, args.format, args.dpi)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(text, end="")
-    print(f"wrote {out / (name + '.md')} and {out / (name + '.png')}")
+    print(f"wrote {out / (name + '.md')} and {out / (name + '.' + args.format)}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 ``kan-sweep-summary sweeps/<task>/<time> [--metric test/rmse] [--no-plot]``
 (or ``python -m kan_lightning.analysis.sweeps ...``) writes ``summary.csv``, ``summary.md`` and
-one ``summary_<param>.png`` per swept parameter into the sweep directory.
+one ``summary_<param>.png`` per swept parameter into the sweep directory (``--format pdf|svg``,
+``--dpi N``); jobs that differ only in their seed are drawn as mean ± std.
 
 ``kan-sweep-summary <dir> --group-by data.function,model --aggregate seed`` also writes
 ``summary_grouped.csv`` and ``summary_grouped.md``: one row per combination of the group-by
@@ -30,6 +31,7 @@ import yaml
 
 METRICS_FILE = "metrics.json"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+HYDRA_FILE = Path(".hydra") / "hydra.yaml"
 EXTRA_METRICS = ("num_parameters", "wall_time_s")
 COMPLETED = "completed"
 
@@ -38,9 +40,23 @@ COMPLETED = "completed"
 # Reading
 
 
+def job_number(job_dir: Path) -> int | None:
+    """Hydra's number of a multirun job: its directory's name when that is a number, else the
+    ``hydra.job.num`` Hydra saved in ``.hydra/hydra.yaml`` (directories named by their swept
+    values, ``grid_size=5,l1=0.001``)."""
+    if job_dir.name.isdigit():
+        return int(job_dir.name)
+    try:
+        num = ((yaml.safe_load((job_dir / HYDRA_FILE).read_text()) or {}).get("hydra") or {}).get("job", {}).get("num")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):  # ValueError: not UTF-8
+        return None
+    return num if isinstance(num, int) else None
+
+
 def _job_key(path: Path) -> tuple:
-    # Hydra numbers jobs 0, 1, ..., 10: sort 2 before 10, names that are not numbers after.
-    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+    # Hydra numbers jobs 0, 1, ..., 10: sort 2 before 10, jobs without a number after.
+    number = job_number(path)
+    return (0, number, "") if number is not None else (1, 0, path.name)
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -106,7 +122,8 @@ def load_job(job_dir: str | Path) -> dict[str, Any]:
     saying which file and why, never an exception: one bad job must not hide the others.
     """
     job_dir = Path(job_dir)
-    row: dict[str, Any] = {"job": job_dir.name, "status": "missing", "error": None, "overrides": {}, "metrics": {}}
+    number = job_number(job_dir)
+    row: dict[str, Any] = {"job": job_dir.name if number is None else str(number), "dir": job_dir.name, "status": "missing", "error": None, "overrides": {}, "metrics": {}}
     try:
         _fill_row(row, job_dir)
     except Exception as err:  # a malformed file of any kind: the row says what is wrong
@@ -425,17 +442,38 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^\w.\-]+", "_", name)
 
 
-def plot_sweep(sweep_dir: str | Path, rows: Sequence[dict[str, Any]], metric: str = "test/rmse") -> list[Path]:
-    """One figure per swept parameter: ``metric`` against it, one line per combination of the
-    other swept parameters. Saves ``summary_<param>.png`` into the sweep dir; returns the paths."""
+def plot_sweep(
+    sweep_dir: str | Path, rows: Sequence[dict[str, Any]], metric: str = "test/rmse", fmt: str = "png", dpi: int = 150,
+    aggregate: Sequence[str] = ("seed",),
+) -> list[Path]:
+    """Save the figures of :func:`sweep_figures` as ``summary_<param>.<fmt>`` into the sweep
+    directory; returns the paths."""
+    from kan_lightning.analysis.figures import save
+
+    figures = sweep_figures(rows, metric, aggregate)
+    return [save(fig, Path(sweep_dir) / f"summary_{_safe_name(param)}.{fmt}", dpi) for param, fig in figures.items()]
+
+
+def sweep_figures(rows: Sequence[dict[str, Any]], metric: str = "test/rmse", aggregate: Sequence[str] = ("seed",)) -> dict[str, Any]:
+    """One figure per swept parameter: ``metric`` against it, one series per combination of
+    the other swept parameters. Jobs that differ only in an ``aggregate`` key (the seed) make
+    one point: their mean, with a band (numeric x) or error bar (categorical x) of ± one
+    standard deviation. Categorical x values are not joined by lines. Labels are words
+    (``test RMSE``, ``grid size G``); axes are logarithmic where values span decades, and
+    their limits follow the data."""
     # Figure + the Agg canvas directly: no pyplot, no global backend switch, never a window.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    params = swept_parameters(rows)
+    from kan_lightning.analysis.figures import limit_to_data
+    from kan_lightning.analysis.labels import label
+
+    swept = swept_parameters(rows)
+    over = [p for p in swept if p in aggregate]
+    params = [p for p in swept if p not in over]
     points = [row for row in rows if _finite(row["metrics"].get(metric))]
-    paths = []
+    figures = {}
     for param in params:
         used = [row for row in points if row["overrides"].get(param) is not None]
         if not used:
@@ -445,35 +483,53 @@ def plot_sweep(sweep_dir: str | Path, rows: Sequence[dict[str, Any]], metric: st
         categories = list(dict.fromkeys(map(str, xs)))  # first-appearance order
 
         others = [p for p in params if p != param]
-        lines: dict[tuple, list[tuple[Any, float]]] = {}
+        series: dict[tuple, dict[Any, list[float]]] = {}
         for row, x in zip(used, xs):
             group = tuple(row["overrides"].get(p) for p in others)
-            lines.setdefault(group, []).append((x if numeric else categories.index(str(x)), row["metrics"][metric]))
+            key = x if numeric else categories.index(str(x))
+            series.setdefault(group, {}).setdefault(key, []).append(row["metrics"][metric])
 
+        log_y = use_log_scale(row["metrics"][metric] for row in used)
         fig = Figure(figsize=(6, 4), layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        for group, pts in lines.items():
-            pts.sort(key=lambda p: p[0])
-            label = ", ".join(f"{p}={v}" for p, v in zip(others, group)) or None
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        shown: list[float] = []
+        width = 0.6 / max(len(series), 1)  # categorical: series side by side around each tick
+        for index, (group, by_x) in enumerate(series.items()):
+            keys = sorted(by_x)
+            stats = [mean_std(by_x[k]) for k in keys]
+            means = [m for m, _ in stats]
+            stds = [0.0 if math.isnan(sd) else sd for _, sd in stats]
+            lows = [max(m - sd, m / 10) if log_y else m - sd for m, sd in zip(means, stds)]
+            highs = [m + sd for m, sd in zip(means, stds)]
+            shown += lows + highs
+            name = ", ".join(f"{label(p)} = {v}" for p, v in zip(others, group)) or None
+            if numeric:
+                line = ax.plot(keys, means, marker="o", label=name)[0]
+                if any(stds):
+                    ax.fill_between(keys, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
+            else:
+                offset = (index - (len(series) - 1) / 2) * width
+                errors = [[m - lo for m, lo in zip(means, lows)], [hi - m for m, hi in zip(means, highs)]]
+                ax.errorbar([k + offset for k in keys], means, yerr=errors if any(stds) else None, fmt="o", capsize=3, label=name)
         if numeric and use_log_scale(xs):
             ax.set_xscale("log")
         elif numeric and all(isinstance(x, int) for x in xs):  # grid sizes, widths: no 3.25 ticks
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if not numeric:
             ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 4 else 0)
-        if use_log_scale(row["metrics"][metric] for row in used):
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+        if log_y:
             ax.set_yscale("log")
-        ax.set_xlabel(param)
-        ax.set_ylabel(metric)
+        limit_to_data(ax, shown, log_y)
+        ax.set_xlabel(label(param))
+        seeds = f" (mean ± std over {', '.join(label(p) for p in over)})" if over else ""
+        ax.set_ylabel(label(metric) + seeds)
         ax.grid(True, which="both", alpha=0.3)
         if others:
             ax.legend(fontsize="small")
-        path = Path(sweep_dir) / f"summary_{_safe_name(param)}.png"
-        fig.savefig(path, dpi=100)
-        paths.append(path)
-    return paths
+        figures[param] = fig
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,10 +537,13 @@ def plot_sweep(sweep_dir: str | Path, rows: Sequence[dict[str, Any]], metric: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kan_lightning.analysis.figures import add_figure_args
+
     parser = argparse.ArgumentParser(prog="kan-sweep-summary", description="Summarize a Hydra multirun directory (sweeps/<task>/<time>/).")
     parser.add_argument("sweep_dir", type=Path, help="the multirun directory holding one sub-directory per job")
     parser.add_argument("--metric", default="test/rmse", help="metric to sort the table by and to plot (default: test/rmse)")
     parser.add_argument("--no-plot", action="store_true", help="write only summary.csv and summary.md")
+    add_figure_args(parser)
     parser.add_argument(
         "--metrics",
         help="comma-separated metric columns (default: every test/* and val/* metric, parameters, wall time)",
@@ -529,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(grouped_path.read_text(), end="")
     if not args.no_plot:
-        for path in plot_sweep(args.sweep_dir, rows, args.metric):
+        for path in plot_sweep(args.sweep_dir, rows, args.metric, args.format, args.dpi, aggregate or ("seed",)):
             print(f"wrote {path}")
     return 0
 

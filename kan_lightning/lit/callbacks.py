@@ -93,7 +93,7 @@ class LastCheckpoint(Checkpoint):
 
     def save(self, trainer: L.Trainer) -> None:
         tmp = self.path.with_suffix(".ckpt.tmp")
-        trainer.save_checkpoint(tmp)  # a collective: every rank calls it, rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # a collective: every rank calls it, rank 0 writes
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
 
@@ -666,7 +666,7 @@ class History(L.Callback):
     logged in an epoch is ``nan``.
     """
 
-    KEYS = {"train_loss": "train/loss_epoch", "val_loss": "val/loss", "train_mse": "train/mse", "val_mse": "val/mse"}
+    KEYS = {"train_loss": "train/objective_epoch", "val_loss": "val/loss", "train_mse": "train/mse", "val_mse": "val/mse"}
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {"epoch": [], "lr": [], **{k: [] for k in self.KEYS}}

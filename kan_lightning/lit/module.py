@@ -60,8 +60,9 @@ def _metrics(prefix: str) -> MetricCollection:
 class KANRegressor(L.LightningModule):
     """Regression with a KAN (or the MLP baseline).
 
-    The loss is the MSE on the (possibly standardized) targets plus the model's
-    ``regularization_loss`` when it has one. Metrics (MSE, RMSE, MAE, R^2) are reported in the
+    The training objective (logged as ``train/objective``) is the MSE on the (possibly
+    standardized) targets (logged as ``<stage>/loss``) plus the model's ``regularization_loss``
+    when it has one. Metrics (MSE, RMSE, MAE, R^2) are reported in the
     targets' original units: the target normalization of the datamodule is copied into buffers
     at setup, so it is saved with every checkpoint.
 
@@ -169,7 +170,11 @@ class KANRegressor(L.LightningModule):
         log = dict(on_step=stage == "train", on_epoch=True, sync_dist=True, batch_size=x.shape[0])
         for name, value in penalty_terms.items():
             self.log(f"reg/{name}", value, **log)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", **log)
+        # {stage}/loss is the MSE on the standardized targets in every stage, comparable between
+        # train and val; train/objective is what the optimizer minimizes (loss + penalty).
+        self.log(f"{stage}/loss", mse, prog_bar=stage != "test", **log)
+        if stage == "train":
+            self.log("train/objective", loss, **log)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics.update(self.denormalize(pred.detach()), self.denormalize(y))
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=x.shape[0])
