@@ -50,8 +50,9 @@ ALLOWED_TARGETS = frozenset(
             f"lightning.pytorch.callbacks.{name}"
             for name in ("EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "RichProgressBar", "TQDMProgressBar")
         ),
-        "lightning.pytorch.loggers.CSVLogger",
-        "lightning.pytorch.loggers.TensorBoardLogger",
+        "kan_lightning.logs.progress_bar",
+        *(f"lightning.pytorch.loggers.{name}" for name in ("CSVLogger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger")),
+        "lightning.pytorch.profilers.SimpleProfiler",
         *(f"torch.optim.{name}" for name in ("Adam", "AdamW", "LBFGS", "SGD")),
         "torch.optim.lr_scheduler.CosineAnnealingLR",
         "torch.optim.lr_scheduler.ReduceLROnPlateau",
