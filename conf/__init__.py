@@ -27,6 +27,27 @@ def kan_sqlite(path: str) -> str:
     return f"sqlite:///{file}"
 
 
+def kan_slurm_gpus(accelerator, devices) -> int:
+    from kan_lightning.slurm import gpus_per_node
+
+    return gpus_per_node(accelerator, devices)
+
+
+def kan_slurm_cpus(num_workers) -> int:
+    from kan_lightning.slurm import cpus_per_task
+
+    return cpus_per_task(num_workers)
+
+
+def kan_slurm_mem_gb(tasks_per_node, per_task=2) -> int:
+    from kan_lightning.slurm import mem_gb
+
+    return mem_gb(tasks_per_node, per_task)
+
+
+OmegaConf.register_new_resolver("kan_slurm_gpus", kan_slurm_gpus, replace=True)
+OmegaConf.register_new_resolver("kan_slurm_cpus", kan_slurm_cpus, replace=True)
+OmegaConf.register_new_resolver("kan_slurm_mem_gb", kan_slurm_mem_gb, replace=True)
 OmegaConf.register_new_resolver("kan_sqlite", kan_sqlite, replace=True)
 OmegaConf.register_new_resolver("kan_widths", kan_widths, replace=True)
 OmegaConf.register_new_resolver("kan_device_slots", kan_device_slots, replace=True)
@@ -47,3 +68,17 @@ def kan_basename(path: str) -> str:
 
 OmegaConf.register_new_resolver("kan_job_dir", kan_job_dir, replace=True)
 OmegaConf.register_new_resolver("kan_basename", kan_basename, replace=True)
+
+
+def _register_slurm_launcher() -> None:
+    """Hydra finds launchers by scanning the ``hydra_plugins`` package, which misses an editable
+    install's: register ours by hand (needs the [sweep] extra)."""
+    try:
+        from hydra.core.plugins import Plugins
+        from hydra_plugins.kan_lightning_slurm import SlurmLauncher
+    except ImportError:
+        return
+    Plugins.instance().register(SlurmLauncher)
+
+
+_register_slurm_launcher()

@@ -522,16 +522,32 @@ def test_sigint_saves_checkpoint_and_exits_130(tmp_path):
 def test_sweep_with_a_failing_job_runs_the_others(tmp_path):
     from kan_lightning.analysis.sweeps import load_sweep
 
+    # a job that fails while running (its config is valid: the sweep is launched)
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
     sweep_dir = tmp_path / "sweep"
-    result = _cli("-m", "debug=fast", "logger=none", "trainer.enable_progress_bar=false", "model.grid_size=3,0,5", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = _cli("-m", "debug=fast", "logger=none", "trainer.enable_progress_bar=false", f"ckpt_path=null,{corrupt},null", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode != 0  # Hydra reports the failed job at the end
-    for job in ("grid_size=3", "grid_size=5"):  # job directories are named by the swept values
+    for job in ("0", "2"):  # ckpt_path never names a job: the directories keep their numbers
         assert _metrics(sweep_dir / job)["test/rmse"] > 0
-    failed = json.loads((sweep_dir / "grid_size=0" / "metrics.json").read_text())
+    failed = json.loads((sweep_dir / "1" / "metrics.json").read_text())
     assert failed["status"] == "failed"
-    assert failed["error"] == "ConfigError: model.grid_size=0 must be an integer >= 1"
-    assert "model.grid_size=0" in (sweep_dir / "grid_size=0" / "error.txt").read_text()
+    assert failed["error"].startswith(f"ConfigError: ckpt_path='{corrupt}' cannot be resumed from")
+    assert str(corrupt) in (sweep_dir / "1" / "error.txt").read_text()
     rows = {row["job"]: row for row in load_sweep(sweep_dir)}
     assert [rows[j]["status"] for j in ("0", "1", "2")] == ["completed", "failed", "completed"]
-    assert rows["1"]["error"] == failed["error"] and rows["1"]["overrides"]["model.grid_size"] == 0
+    assert rows["1"]["error"] == failed["error"] and rows["1"]["overrides"]["ckpt_path"] == str(corrupt)
     assert math.isfinite(rows["2"]["metrics"]["test/rmse"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "parallel", "submitit_local"])
+def test_multirun_with_a_bad_job_value_fails_before_any_job_starts(tmp_path, launcher):
+    chosen = [] if launcher == "basic" else [f"launcher={launcher}"]
+    sweep_dir = tmp_path / "sweep"
+    result = _cli("-m", *chosen, "debug=fast", "model.grid_size=3,0,5", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    shown = " ".join(chosen + ["debug=fast", "model.grid_size=0"])
+    assert result.stderr.strip().splitlines()[-1] == f"error: job #1 ({shown}): model.grid_size=0 must be an integer >= 1"
+    assert "Traceback" not in result.stderr
+    assert not sweep_dir.exists()

@@ -33,12 +33,21 @@ def records(root: Path) -> list[dict]:
 def test_slurm_launchers_compose():
     GlobalHydra.instance().clear()
     with initialize_config_module("kan_lightning.conf", version_base="1.3"):
-        sweep = compose("train", ["launcher=slurm"], return_hydra_config=True)
+        cpu = compose("train", ["launcher=slurm"], return_hydra_config=True)
+        gpu = compose("train", ["launcher=slurm", "trainer=gpu", "data.num_workers=3"], return_hydra_config=True)
         ddp = compose("train", ["launcher=slurm_ddp", "trainer.num_nodes=2", "trainer.devices=4"], return_hydra_config=True)
+        ddp_cpu = compose("train", ["launcher=slurm_ddp", "trainer.accelerator=cpu", "trainer.devices=2"], return_hydra_config=True)
     GlobalHydra.instance().clear()
-    assert sweep.hydra.launcher.gpus_per_node == 1 and sweep.trainer.devices == 1
-    assert sweep.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert (ddp.hydra.launcher.nodes, ddp.hydra.launcher.tasks_per_node, ddp.hydra.launcher.gpus_per_node) == (2, 4, 4)
+    request = lambda cfg: {k: cfg.hydra.launcher[k] for k in ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_gb")}
+    # GPUs only when the trainer uses them; 1 CPU + the loader workers; 2 GB per task
+    assert request(cpu) == {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 2}
+    assert request(gpu) == {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 1, "cpus_per_task": 4, "mem_gb": 2}
+    assert request(ddp) == {"nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4, "cpus_per_task": 1, "mem_gb": 8}
+    assert request(ddp_cpu) == {"nodes": 1, "tasks_per_node": 2, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 4}
+    for cfg in (cpu, ddp):
+        assert cfg.hydra.launcher._target_ == "hydra_plugins.kan_lightning_slurm.SlurmLauncher"
+        assert cfg.ckpt_path == "last"  # a requeued job resumes
+        assert cfg.trainer.plugins[0].auto_requeue is False  # submitit requeues, Lightning does not
     assert ddp.trainer.strategy == "ddp"
 
 

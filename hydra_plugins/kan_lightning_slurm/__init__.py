@@ -1,0 +1,13 @@
+"""Hydra instantiates launchers only from the ``hydra_plugins`` package: this makes
+:class:`kan_lightning.slurm.SlurmLauncher` one (``conf/launcher/slurm.yaml``). ``kan_lightning.conf``
+registers it."""
+
+try:
+    from kan_lightning.slurm import SlurmLauncher as _SlurmLauncher
+except ImportError:  # no submitit launcher (the [sweep] extra): nothing to offer
+    _SlurmLauncher = None
+
+if _SlurmLauncher is not None:
+
+    class SlurmLauncher(_SlurmLauncher):
+        __doc__ = _SlurmLauncher.__doc__
