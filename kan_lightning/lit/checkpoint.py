@@ -53,6 +53,7 @@ ALLOWED_TARGETS = frozenset(
         "kan_lightning.logs.progress_bar",
         *(f"lightning.pytorch.loggers.{name}" for name in ("CSVLogger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger")),
         "lightning.pytorch.profilers.SimpleProfiler",
+        "lightning.pytorch.plugins.environments.SLURMEnvironment",
         *(f"torch.optim.{name}" for name in ("Adam", "AdamW", "LBFGS", "SGD")),
         "torch.optim.lr_scheduler.CosineAnnealingLR",
         "torch.optim.lr_scheduler.ReduceLROnPlateau",
