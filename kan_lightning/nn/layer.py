@@ -202,7 +202,8 @@ class KANLayer(nn.Module):
         if not rows.numel():
             return spline
         tangent = self._tangent_bases(x[rows], at[rows])
-        return spline.index_add(0, rows, tangent.flatten(1) @ coef.flatten(1).T)
+        # (under autocast the product is in the autocast dtype, the spline term in float32)
+        return spline.index_add(0, rows, (tangent.flatten(1) @ coef.flatten(1).T).to(spline.dtype))
 
     def spline_values(self, x: Tensor) -> Tensor:
         """Unscaled ``sum_m c[j, i, m] B_m(x_i)`` per edge: ``(N, out, in)``."""
