@@ -173,7 +173,7 @@ def _make_variants(widths, grid, order, batch, dtype, device, peers=()) -> tuple
     with torch.no_grad():
         for layer in first.layers:
             layer.spline_weight.normal_(0, (layer.in_features * (order + 1)) ** -0.5)
-    for contraction in ("auto", "dense", "local"):
+    for contraction in ("auto", "dense", "local", "fused"):
         model = copy.deepcopy(first)
         for layer in model.layers:
             layer.contraction = contraction

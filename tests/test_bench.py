@@ -9,9 +9,15 @@ import pytest
 import torch
 
 from kan_lightning import bench, bench_peers
-from kan_lightning.nn import KAN
+from kan_lightning.nn import KAN, fused
 
 TINY = ["--shapes", "3,4,2:5", "--batch", "16", "--repeats", "1", "--warmup", "0"]
+
+
+@pytest.fixture(autouse=True)
+def _fused_uncompiled(monkeypatch):
+    """The fast-fused variant runs its functions eagerly here (compile time is not under test)."""
+    monkeypatch.setattr(fused, "COMPILE", False)
 
 
 def _installed(name: str) -> bool:

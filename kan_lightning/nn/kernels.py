@@ -55,7 +55,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .splines import extend_knots
 
-CONTRACTIONS = ("auto", "dense", "local")
+CONTRACTIONS = ("auto", "dense", "local", "fused")
 
 # When the local contraction wins, from `python -m kan_lightning.bench` measurements (CPU, one
 # thread, k = 3, fwd+bwd, x requiring grad): pairs (minimum N * in, minimum (G + k) / (k + 1)),
@@ -315,18 +315,21 @@ def _interval_general(
 
 
 def _local_bases(
-    x: Tensor, grid: Tensor, spline_order: int, uniform: bool, derivatives: bool = True
+    x: Tensor, grid: Tensor, spline_order: int, uniform: bool, derivatives: bool = True,
+    tables: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """``values`` and ``derivs`` ``(N, k + 1, in)``, the interval ``j`` ``(N, in)`` (floats) and, for
     uniform grids, the per-row factor turning ``derivs`` into ``x``-derivatives (else ``None``).
 
     ``values[:, m]`` belongs to basis ``j - k + m``; entries of bases outside ``[0, G + k)`` are
     finite but meaningless (they go to padding slots). ``derivs`` is ``None`` for ``k = 0`` or
-    when not requested.
+    when not requested. ``tables``: :func:`_grid_tables` computed beforehand (a compiled caller
+    passes them in, so that they are not recomputed inside its loops).
     """
     k = spline_order
     grid = grid.contiguous()
-    tables = _grid_tables(grid, k, uniform)
+    if tables is None:
+        tables = _grid_tables(grid, k, uniform)
     if uniform:
         j, u, scale = _interval_uniform(x, grid, tables)
         values, derivs = _values_uniform(u, k, derivatives)
@@ -593,7 +596,8 @@ def spline_contract(
     ``coef`` (``(out, in, G + k)``) is used as given (fold scales and masks in beforehand; their
     gradients then flow through autograd outside). ``uniform=True`` asserts equally spaced knots
     in every row (closed-form bases). ``contraction`` is ``"auto"`` (:func:`choose_contraction`),
-    ``"dense"`` or ``"local"``. float32 and float64, any device. Half precision (float16,
+    ``"dense"``, ``"local"`` or ``"fused"`` (:mod:`~kan_lightning.nn.fused`: compiled on first
+    use, ``"dense"`` where compiling fails). float32 and float64, any device. Half precision (float16,
     bfloat16, under autocast or not) is computed in float32 with autocast off; the output then
     has the promoted dtype of ``x`` and ``coef`` (float32 under autocast, where ``coef`` is float32).
     """
@@ -651,4 +655,10 @@ def _apply(x, grid, coef, spline_order, uniform, contraction):
     """The Function runs eagerly under torch.compile (a graph break on each side): its sorts,
     data-dependent bag sizes and sparse CSR products do not trace, and it is one fused unit
     already. The rest of a model still compiles."""
+    if contraction == "fused":
+        from . import fused  # (fused imports this module)
+
+        if fused.available():
+            return fused.FusedSplineContraction.apply(x, grid, coef, spline_order, uniform)
+        contraction = "dense"
     return SplineContraction.apply(x, grid, coef, spline_order, uniform, contraction, torch.is_grad_enabled())
