@@ -86,3 +86,23 @@ def test_training_matches_the_dense_contraction() -> None:
             opt.step()
         finals.append(layer(x).detach())
     assert (finals[0] - finals[1]).abs().max().item() <= 1e-5
+
+
+def test_contraction_option_reaches_every_layer_and_is_checked() -> None:
+    from kan_lightning.nn import KAN
+
+    model = KAN([2, 3, 1], grid_size=4, contraction="dense")
+    assert [layer.contraction for layer in model.layers] == ["dense", "dense"]
+    assert model.config["contraction"] == "dense"
+    with pytest.raises(ValueError, match="contraction must be one of"):
+        KANLayer(2, 1, contraction="sparse")
+
+
+@pytest.mark.slow
+def test_kan_train_with_fused_contraction(make_cfg) -> None:
+    import math
+
+    from kan_lightning.train import train
+
+    record = train(make_cfg("debug=fast", "trainer.enable_progress_bar=false", "model.contraction=fused"))
+    assert record["status"] == "completed" and math.isfinite(record["metrics"]["test/rmse"])
