@@ -3,8 +3,8 @@
 ``--mode layer`` times forward and forward+backward of KANs against the reference KAN (full-grid
 Cox-de Boor with autograd through the recursion), an MLP of the same widths, the dense-matmul
 floor and the other KAN libraries (:mod:`kan_lightning.bench_peers`; a missing one is reported),
-for every combination of the batch sizes, thread counts and dtypes asked for. ``--mode e2e`` times a training step of a small KAN under a
-Lightning Trainer against a bare PyTorch loop.
+for every combination of the batch sizes, thread counts and dtypes asked for. ``--mode e2e``
+times a training step of a small KAN under a Lightning Trainer against a bare PyTorch loop.
 
 Example::
 
@@ -261,6 +261,9 @@ def bench_shape(widths, grid, args, batch: int | None = None, dtype_name: str | 
     batch = args.batch[0] if batch is None else batch
     dtype_name = args.dtype[0] if dtype_name is None else dtype_name
     dtype = getattr(torch, dtype_name)
+    # Compiled variants (ours fused, flashkan, inkan) start afresh on every shape: compiled in the
+    # warm-up, never past dynamo's recompile limit (which would leave them silently eager).
+    torch._dynamo.reset()
     torch.manual_seed(0)
     peers = [p for p in args.peers if p != "none"]
     variants, missing = make_variants(widths, grid, args.order, batch, dtype, args.device, peers)
@@ -315,8 +318,9 @@ def markdown_layer(results: list[dict], device: str) -> str:
 
 
 PEER_CAPTION = (
-    "fwd+bwd median ms in one process, same inputs; `ours` is the default layer (fast-auto); "
-    "ratios are ours / fastest available peer (< 1: ours faster). max Δ: max abs difference of a "
+    "fwd+bwd median ms in one process, same inputs; `ours` is the default layer (fast-auto), "
+    "`fused` the compiled contraction (`contraction=fused`); ratios are ours / fastest available "
+    "peer (< 1: ours faster). max Δ: max abs difference of a "
     "peer's output from ours with the same weights (relative to max |ours|)."
 )
 
@@ -326,13 +330,14 @@ def markdown_peers(results: list[dict]) -> str:
     if not results or not results[0].get("peers"):
         return ""
     names = list(results[0]["peers"])
-    header = ["shape", "batch", "threads", "dtype", "ours", "floor", *names, "ours / best peer",
+    header = ["shape", "batch", "threads", "dtype", "ours", "fused", "floor", *names, "ours / best peer",
+              "fused / best peer",
               *[f"{n} max Δ (rel)" for n in names if n in bench_peers.SAME_FUNCTION]]
     lines = [PEER_CAPTION, "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for res in results:
         variants = res["variants"]
         cells = [f"{res['widths']} G={res['grid']}", str(res["batch"]), str(res["threads"]), res["dtype"],
-                 f"{variants['fast-auto']['fwd_bwd_ms']:.2f}", f"{variants['floor']['fwd_bwd_ms']:.2f}"]
+                 *(f"{variants[v]['fwd_bwd_ms']:.2f}" for v in ("fast-auto", "fast-fused", "floor"))]
         times = {}
         for name in names:
             if name in variants:
@@ -342,11 +347,13 @@ def markdown_peers(results: list[dict]) -> str:
                 reason = res["peers"][name]["missing"] or ""
                 cells.append("not installed" if reason.startswith("not installed") else "n/a")
         best = min(times.values()) if times else None
-        cells.append(f"{variants['fast-auto']['fwd_bwd_ms'] / best:.2f}x" if best else "-")
+        for ours in ("fast-auto", "fast-fused"):
+            cells.append(f"{variants[ours]['fwd_bwd_ms'] / best:.2f}x" if best else "-")
         for name in names:
             if name in bench_peers.SAME_FUNCTION:
                 info = res["peers"][name]
-                cells.append(f"{info['max_abs_diff']:.1e} ({info['max_rel_diff']:.1e})" if "max_abs_diff" in info else "-")
+                compared = "max_abs_diff" in info
+                cells.append(f"{info['max_abs_diff']:.1e} ({info['max_rel_diff']:.1e})" if compared else "-")
         lines.append("| " + " | ".join(cells) + " |")
     notes = {n: r["peers"][n]["missing"] for r in results for n in names if r["peers"][n]["missing"]}
     versions = {n: results[0]["peers"][n]["version"] for n in names if results[0]["peers"][n]["version"]}

@@ -72,7 +72,8 @@ def _grad_x(derivs: Tensor, j: Tensor, scale: Tensor | None, dots: Tensor, splin
 
 
 def _bases(x: Tensor, grid: Tensor, spline_order: int, uniform: bool, n_bases: int) -> Tensor:
-    values, _, j, _ = _run("local", _local, x, grid, kernels._grid_tables(grid, spline_order, uniform), spline_order, uniform, False)
+    tables = kernels._grid_tables(grid, spline_order, uniform)
+    values, _, j, _ = _run("local", _local, x, grid, tables, spline_order, uniform, False)
     return _run("expand", _expand, values, j, spline_order, n_bases)
 
 
@@ -116,7 +117,8 @@ class FusedSplineContraction(torch.autograd.Function):
             if spline_order == 0:  # piecewise constant: zero derivative almost everywhere
                 grad_x = torch.zeros_like(x)
             else:
-                _, derivs, j, scale = _run("local", _local, x, grid, kernels._grid_tables(grid, spline_order, uniform), spline_order, uniform, True)
+                tables = kernels._grid_tables(grid, spline_order, uniform)
+                _, derivs, j, scale = _run("local", _local, x, grid, tables, spline_order, uniform, True)
                 grad_x = _run("grad_x", _grad_x, derivs, j, scale, grad_out @ coef_t, spline_order, n_bases)
         if ctx.needs_input_grad[2]:
             grad_coef = (grad_out.T @ basis).view(-1, n_bases, x.shape[1]).transpose(1, 2)
