@@ -53,13 +53,14 @@ def test_falls_back_to_eager_when_the_compiler_is_missing(monkeypatch) -> None:
 
     monkeypatch.setattr(fused, "_COMPILED", {})
     monkeypatch.setattr(fused, "_FAILED", [])
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
     torch._dynamo.reset()
     grid, x, coef, uniform = _case("uniform", k=2)
     expected = spline_contract(x, grid, coef, 2, uniform=uniform, contraction="dense")
-    with pytest.warns(RuntimeWarning, match="could not be compiled"):
-        got = spline_contract(x, grid, coef, 2, uniform=uniform, contraction="fused")
+    # (inductor's config module is patched with its own context manager: monkeypatch's undo
+    # would delete the entries)
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        with pytest.warns(RuntimeWarning, match="could not be compiled"):
+            got = spline_contract(x, grid, coef, 2, uniform=uniform, contraction="fused")
     assert not fused.available()
     assert (got - expected).abs().max().item() <= 1e-12
     with warnings.catch_warnings():
