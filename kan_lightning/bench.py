@@ -2,12 +2,14 @@
 
 ``--mode layer`` times forward and forward+backward of KANs against the reference KAN (full-grid
 Cox-de Boor with autograd through the recursion), an MLP of the same widths, the dense-matmul
-floor and pykan when it is installed. ``--mode e2e`` times a training step of a small KAN under a
-Lightning Trainer against a bare PyTorch loop.
+floor and the other KAN libraries (:mod:`kan_lightning.bench_peers`; a missing one is reported),
+for every combination of the batch sizes, thread counts and dtypes asked for. ``--mode e2e``
+times a training step of a small KAN under a Lightning Trainer against a bare PyTorch loop.
 
 Example::
 
     python -m kan_lightning.bench --shapes "64,64,64:5 256,256:50" --repeats 20 --json bench.json
+    kan-bench --batch 64,1024,4096 --threads 1,all --dtype float32,float64
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import bench_peers
 from .nn import KAN, MLP
 from .nn.kernels import choose_contraction
 
@@ -67,18 +70,60 @@ def parse_shapes(text: str) -> list[tuple[list[int], int]]:
     return shapes
 
 
+def _list_of(convert: Callable[[str], object], what: str) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            items = [convert(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+        if not items:
+            raise argparse.ArgumentTypeError(f"no {what} given")
+        return items
+
+    return parse
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _threads(text: str) -> int | None:
+    """``"all"`` -> ``None`` (every core torch sees at start), else a count >= 1."""
+    return None if text == "all" else _positive(text)
+
+
+def _dtype(text: str) -> str:
+    if text not in ("float32", "float64"):
+        raise ValueError(text)
+    return text
+
+
+def _peer(text: str) -> str:
+    if text not in bench_peers.PEERS and text != "none":
+        raise ValueError(text)
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kan-bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=("layer", "e2e"), default="layer")
     p.add_argument("--shapes", type=parse_shapes, default=parse_shapes(DEFAULT_SHAPES),
                    help=f"space-separated 'widths:grid' items (default: '{DEFAULT_SHAPES}')")
-    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--batch", type=_list_of(_positive, "batch sizes"), default=[1024],
+                   help="comma-separated batch sizes (default: 1024)")
     p.add_argument("--order", type=int, default=3, help="spline order k")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", type=_list_of(_dtype, "dtypes (float32, float64)"), default=["float32"],
+                   help="comma-separated: float32, float64 (default: float32)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: unchanged)")
+    p.add_argument("--threads", type=_list_of(_threads, "thread counts or 'all'"), default=None,
+                   help="comma-separated torch.set_num_threads values, 'all' = every core (default: unchanged)")
+    p.add_argument("--peers", type=_list_of(_peer, "peer names"), default=list(bench_peers.PEERS),
+                   help=f"other KAN libraries to time, or 'none' (default: {','.join(bench_peers.PEERS)})")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results here")
     return p
 
@@ -107,32 +152,42 @@ class DenseFloor(nn.Module):
         return self.bases
 
 
-def _pykan(widths, grid, order, dtype, device):
-    """pykan's KAN if it is installed (else ``None``)."""
+def make_variants(widths, grid, order, batch, dtype, device, peers=()) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """:func:`_make_variants` with ``dtype`` as the default dtype: grids built in it keep the
+    equal spacing that a float32 grid converted to float64 loses (the uniform kernel applies)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
     try:
-        from kan import KAN as PyKAN  # type: ignore[import-not-found]
-
-        model = PyKAN(width=widths, grid=grid, k=order, seed=0, auto_save=False, device=device)
-        return model.to(dtype)
-    except Exception:  # not installed, or an incompatible version
-        return None
+        return _make_variants(widths, grid, order, batch, dtype, device, peers)
+    finally:
+        torch.set_default_dtype(old)
 
 
-def make_variants(widths, grid, order, batch, dtype, device) -> dict[str, nn.Module]:
-    """Name -> model for one shape. ``fast-auto`` is the default KAN layer (its choice is reported)."""
+def _make_variants(widths, grid, order, batch, dtype, device, peers=()) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Name -> model for one shape, and peer name -> why it is missing. ``fast-auto`` is the
+    default KAN layer (its choice is reported); every fast variant and the comparable peers
+    share its weights (spline coefficients drawn at unit scale, so that the splines matter in
+    the comparison of outputs)."""
     variants: dict[str, nn.Module] = {}
-    for contraction in ("auto", "dense", "local"):
-        model = KAN(widths, grid_size=grid, spline_order=order).to(device=device, dtype=dtype)
+    first = KAN(widths, grid_size=grid, spline_order=order).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        for layer in first.layers:
+            layer.spline_weight.normal_(0, (layer.in_features * (order + 1)) ** -0.5)
+    for contraction in ("auto", "dense", "local", "fused"):
+        model = copy.deepcopy(first)
         for layer in model.layers:
             layer.contraction = contraction
         variants[f"fast-{contraction}"] = model
     variants["reference"] = KAN(widths, grid_size=grid, spline_order=order, basis="reference").to(device=device, dtype=dtype)
     variants["mlp"] = MLP(widths).to(device=device, dtype=dtype)
     variants["floor"] = DenseFloor(widths, grid + order, batch, dtype, device)
-    pykan = _pykan(widths, grid, order, dtype, device)
-    if pykan is not None:
-        variants["pykan"] = pykan
-    return variants
+    missing = {}
+    for name in peers:
+        try:
+            variants[name] = bench_peers.build_peer(name, first, dtype, device)
+        except bench_peers.PeerUnavailable as exc:
+            missing[name] = str(exc)
+    return variants, missing
 
 
 # -- measurements ------------------------------------------------------------------------------
@@ -201,12 +256,23 @@ def cuda_peak_bytes(step: Callable[[], None]) -> int:
     return torch.cuda.max_memory_allocated() - before
 
 
-def bench_shape(widths, grid, args) -> dict:
-    """Times and memory of every variant on one shape."""
-    dtype = getattr(torch, args.dtype)
+def bench_shape(widths, grid, args, batch: int | None = None, dtype_name: str | None = None) -> dict:
+    """Times and memory of every variant on one shape (at one batch size and dtype)."""
+    batch = args.batch[0] if batch is None else batch
+    dtype_name = args.dtype[0] if dtype_name is None else dtype_name
+    dtype = getattr(torch, dtype_name)
+    # Compiled variants (ours fused, flashkan, inkan) start afresh on every shape: compiled in the
+    # warm-up, never past dynamo's recompile limit (which would leave them silently eager).
+    torch._dynamo.reset()
     torch.manual_seed(0)
-    variants = make_variants(widths, grid, args.order, args.batch, dtype, args.device)
-    x = (torch.rand(args.batch, widths[0], dtype=dtype, device=args.device) * 2 - 1).requires_grad_(True)
+    peers = [p for p in args.peers if p != "none"]
+    variants, missing = make_variants(widths, grid, args.order, batch, dtype, args.device, peers)
+    x = (torch.rand(batch, widths[0], dtype=dtype, device=args.device) * 2 - 1).requires_grad_(True)
+    peer_info = {name: {"version": bench_peers.peer_version(name), "missing": missing.get(name)} for name in peers}
+    for name in peers:
+        if name in variants and name in bench_peers.SAME_FUNCTION:
+            diff, rel = bench_peers.max_difference(variants[name], variants["fast-auto"], x)
+            peer_info[name].update(max_abs_diff=diff, max_rel_diff=rel)
     fns = {name: _step_fns(model, x) for name, model in variants.items()}
     times = {name: {"fwd": [], "fwd_bwd": []} for name in variants}
     for rep in range(args.warmup + args.repeats):
@@ -227,8 +293,9 @@ def bench_shape(widths, grid, args) -> dict:
         rec["vs_reference"] = rec["fwd_bwd_ms"] / records["reference"]["fwd_bwd_ms"]
         rec["vs_floor"] = rec["fwd_bwd_ms"] / records["floor"]["fwd_bwd_ms"]
         rec["memory_vs_reference"] = rec["memory_bytes"] / records["reference"]["memory_bytes"]
-    auto = [choose_contraction(grid + args.order, args.order, args.device, args.batch * w) for w in widths[:-1]]
-    return {"widths": widths, "grid": grid, "auto_contraction": auto, "variants": records}
+    auto = [choose_contraction(grid + args.order, args.order, args.device, batch * w) for w in widths[:-1]]
+    return {"widths": widths, "grid": grid, "batch": batch, "dtype": dtype_name, "threads": torch.get_num_threads(),
+            "auto_contraction": auto, "variants": records, "peers": peer_info}
 
 
 def markdown_layer(results: list[dict], device: str) -> str:
@@ -239,7 +306,7 @@ def markdown_layer(results: list[dict], device: str) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for res in results:
-        shape = f"{res['widths']} G={res['grid']}"
+        shape = f"{res['widths']} G={res['grid']} N={res['batch']} {res['threads']}t {res['dtype']}"
         for name, rec in res["variants"].items():
             label = f"fast-auto ({'/'.join(sorted(set(res['auto_contraction'])))})" if name == "fast-auto" else name
             lines.append(
@@ -250,9 +317,64 @@ def markdown_layer(results: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
+PEER_CAPTION = (
+    "fwd+bwd median ms in one process, same inputs; `ours` is the default layer (fast-auto), "
+    "`fused` the compiled contraction (`contraction=fused`); ratios are ours / fastest available "
+    "peer (< 1: ours faster). max Δ: max abs difference of a "
+    "peer's output from ours with the same weights (relative to max |ours|)."
+)
+
+
+def markdown_peers(results: list[dict]) -> str:
+    """One row per (shape, batch, threads, dtype): ours, the floor and every peer."""
+    if not results or not results[0].get("peers"):
+        return ""
+    names = list(results[0]["peers"])
+    header = ["shape", "batch", "threads", "dtype", "ours", "fused", "floor", *names, "ours / best peer",
+              "fused / best peer",
+              *[f"{n} max Δ (rel)" for n in names if n in bench_peers.SAME_FUNCTION]]
+    lines = [PEER_CAPTION, "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for res in results:
+        variants = res["variants"]
+        cells = [f"{res['widths']} G={res['grid']}", str(res["batch"]), str(res["threads"]), res["dtype"],
+                 *(f"{variants[v]['fwd_bwd_ms']:.2f}" for v in ("fast-auto", "fast-fused", "floor"))]
+        times = {}
+        for name in names:
+            if name in variants:
+                times[name] = variants[name]["fwd_bwd_ms"]
+                cells.append(f"{times[name]:.2f}")
+            else:
+                reason = res["peers"][name]["missing"] or ""
+                cells.append("not installed" if reason.startswith("not installed") else "n/a")
+        best = min(times.values()) if times else None
+        for ours in ("fast-auto", "fast-fused"):
+            cells.append(f"{variants[ours]['fwd_bwd_ms'] / best:.2f}x" if best else "-")
+        for name in names:
+            if name in bench_peers.SAME_FUNCTION:
+                info = res["peers"][name]
+                compared = "max_abs_diff" in info
+                cells.append(f"{info['max_abs_diff']:.1e} ({info['max_rel_diff']:.1e})" if compared else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = {n: r["peers"][n]["missing"] for r in results for n in names if r["peers"][n]["missing"]}
+    versions = {n: results[0]["peers"][n]["version"] for n in names if results[0]["peers"][n]["version"]}
+    if versions:
+        lines += ["", "Versions: " + ", ".join(f"{n} {v}" for n, v in versions.items()) + "."]
+    if notes:
+        lines += ["", "Missing: " + "; ".join(f"{n}: {why}" for n, why in notes.items()) + "."]
+    return "\n".join(lines)
+
+
 def run_layer(args) -> dict:
-    results = [bench_shape(widths, grid, args) for widths, grid in args.shapes]
-    return {"mode": "layer", "results": results, "markdown": markdown_layer(results, args.device)}
+    all_cores = torch.get_num_threads()
+    results = []
+    for threads in args.threads or [all_cores]:
+        torch.set_num_threads(threads or all_cores)
+        for dtype_name in args.dtype:
+            for batch in args.batch:
+                results += [bench_shape(widths, grid, args, batch, dtype_name) for widths, grid in args.shapes]
+    markdown = markdown_layer(results, args.device)
+    peers = markdown_peers(results)
+    return {"mode": "layer", "results": results, "markdown": markdown + ("\n\n" + peers if peers else "")}
 
 
 # -- end to end --------------------------------------------------------------------------------
@@ -338,7 +460,9 @@ def run_e2e(args) -> dict:
     metrics and logging on top), each on an identical copy of the model."""
     from .lit import KANRegressor
 
-    dtype = getattr(torch, args.dtype)
+    dtype = getattr(torch, args.dtype[0])
+    if args.threads:
+        torch.set_num_threads(args.threads[0] or torch.get_num_threads())
     torch.manual_seed(0)
     x, y = _e2e_data(1000, dtype, args.device)
     model = KAN([2, 5, 1], grid_size=5, spline_order=args.order).to(device=args.device, dtype=dtype)
@@ -373,8 +497,6 @@ def run_e2e(args) -> dict:
 def run(argv: list[str] | None = None) -> dict:
     """Parse ``argv``, run the benchmark, print the Markdown table, write JSON; return the results."""
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
     result = run_e2e(args) if args.mode == "e2e" else run_layer(args)
@@ -382,6 +504,7 @@ def run(argv: list[str] | None = None) -> dict:
         "batch": args.batch,
         "order": args.order,
         "dtype": args.dtype,
+        "peers": args.peers,
         "device": args.device,
         "repeats": args.repeats,
         "warmup": args.warmup,

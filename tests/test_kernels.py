@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kan_lightning import bench
-from kan_lightning.nn import KANLayer, kernels
+from kan_lightning.nn import KANLayer, fused, kernels
 from kan_lightning.nn.kernels import choose_contraction, local_bases, spline_contract
 from kan_lightning.nn.splines import bspline_basis_reference, bspline_local, extend_knots, uniform_grid
 
@@ -19,7 +19,8 @@ BSpline = pytest.importorskip("scipy.interpolate").BSpline
 CONTRACTIONS = ["dense", "local"]
 # The local contraction computes dL/dcoef by bags, or by per-m segment passes when the tables
 # are small; "local-bags" / "local-segments" force one of the two.
-BACKWARDS = ["dense", "local-bags", "local-segments"]
+# "fused-eager": the fused contraction's functions run uncompiled (tests/test_fused.py compiles).
+BACKWARDS = ["dense", "local-bags", "local-segments", "fused-eager"]
 GRIDS = ["uniform", "random"]
 
 
@@ -27,6 +28,9 @@ GRIDS = ["uniform", "random"]
 def contraction(request, monkeypatch) -> str:
     """A contraction name for ``spline_contract``; the local variants pin its dL/dcoef method."""
     name = request.param
+    if name == "fused-eager":
+        monkeypatch.setattr(fused, "COMPILE", False)
+        return "fused"
     if name.startswith("local-"):
         monkeypatch.setattr(kernels, "SEGMENT_MAX_FLOATS", -1 if name == "local-bags" else 2**62)
         return "local"
@@ -73,7 +77,7 @@ def random_coef(n_out: int, grid: torch.Tensor, k: int, seed: int = 2) -> torch.
 # -- exactness ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("contraction", CONTRACTIONS)
+@pytest.mark.parametrize("contraction", CONTRACTIONS + ["fused-eager"], indirect=True)
 @pytest.mark.parametrize("kind", GRIDS)
 @pytest.mark.parametrize("k", [0, 1, 2, 3, 5])
 def test_matches_scipy_per_edge(k: int, kind: str, contraction: str) -> None:
@@ -280,15 +284,16 @@ def test_cuda_matches_cpu(contraction: str) -> None:
 # -- benchmark CLI -----------------------------------------------------------------------------
 
 
-def test_bench_layer_mode_writes_json(tmp_path) -> None:
+def test_bench_layer_mode_writes_json(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(fused, "COMPILE", False)  # compile time is not what this tests
     path = tmp_path / "bench.json"
     result = bench.run(["--shapes", "4,6,2:5 4,3:20", "--batch", "32", "--repeats", "1", "--warmup", "0",
-                        "--json", str(path)])
+                        "--peers", "none", "--json", str(path)])
     data = json.loads(path.read_text())
     assert data["mode"] == "layer" and len(data["results"]) == 2
     first = data["results"][0]
     assert first["auto_contraction"] == ["dense", "dense"]  # tiny batch: dense
-    for name in ("fast-auto", "fast-dense", "fast-local", "reference", "mlp", "floor"):
+    for name in ("fast-auto", "fast-dense", "fast-local", "fast-fused", "reference", "mlp", "floor"):
         rec = first["variants"][name]
         assert rec["fwd_bwd_ms"] > 0 and rec["memory_bytes"] > 0
     assert first["variants"]["reference"]["vs_reference"] == 1.0

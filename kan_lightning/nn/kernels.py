@@ -55,7 +55,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .splines import extend_knots
 
-CONTRACTIONS = ("auto", "dense", "local")
+CONTRACTIONS = ("auto", "dense", "local", "fused")
 
 # When the local contraction wins, from `python -m kan_lightning.bench` measurements (CPU, one
 # thread, k = 3, fwd+bwd, x requiring grad): pairs (minimum N * in, minimum (G + k) / (k + 1)),
@@ -315,18 +315,21 @@ def _interval_general(
 
 
 def _local_bases(
-    x: Tensor, grid: Tensor, spline_order: int, uniform: bool, derivatives: bool = True
+    x: Tensor, grid: Tensor, spline_order: int, uniform: bool, derivatives: bool = True,
+    tables: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """``values`` and ``derivs`` ``(N, k + 1, in)``, the interval ``j`` ``(N, in)`` (floats) and, for
     uniform grids, the per-row factor turning ``derivs`` into ``x``-derivatives (else ``None``).
 
     ``values[:, m]`` belongs to basis ``j - k + m``; entries of bases outside ``[0, G + k)`` are
     finite but meaningless (they go to padding slots). ``derivs`` is ``None`` for ``k = 0`` or
-    when not requested.
+    when not requested. ``tables``: :func:`_grid_tables` computed beforehand (a compiled caller
+    passes them in, so that they are not recomputed inside its loops).
     """
     k = spline_order
     grid = grid.contiguous()
-    tables = _grid_tables(grid, k, uniform)
+    if tables is None:
+        tables = _grid_tables(grid, k, uniform)
     if uniform:
         j, u, scale = _interval_uniform(x, grid, tables)
         values, derivs = _values_uniform(u, k, derivatives)
@@ -593,7 +596,10 @@ def spline_contract(
     ``coef`` (``(out, in, G + k)``) is used as given (fold scales and masks in beforehand; their
     gradients then flow through autograd outside). ``uniform=True`` asserts equally spaced knots
     in every row (closed-form bases). ``contraction`` is ``"auto"`` (:func:`choose_contraction`),
-    ``"dense"`` or ``"local"``. float32 and float64, any device.
+    ``"dense"``, ``"local"`` or ``"fused"`` (:mod:`~kan_lightning.nn.fused`: compiled on first
+    use, ``"dense"`` where compiling fails). float32 and float64, any device. Half precision (float16,
+    bfloat16, under autocast or not) is computed in float32 with autocast off; the output then
+    has the promoted dtype of ``x`` and ``coef`` (float32 under autocast, where ``coef`` is float32).
     """
     if contraction not in CONTRACTIONS:
         raise ValueError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}")
@@ -607,14 +613,41 @@ def spline_contract(
             f"a grid of {grid.shape[-1]} knots has {grid.shape[-1] - spline_order - 1} bases of order "
             f"{spline_order}, but coef has {coef.shape[-1]}"
         )
-    if x.dtype not in (torch.float32, torch.float64) or grid.dtype != x.dtype or coef.dtype != x.dtype:
-        raise TypeError(
-            f"spline_contract needs x, grid and coef of one dtype, float32 or float64; got "
-            f"{x.dtype}, {grid.dtype}, {coef.dtype}"
-        )
+    compute = _compute_dtype(x, grid, coef)
     if contraction == "auto":
         contraction = choose_contraction(coef.shape[-1], spline_order, x.device, x.shape[0] * x.shape[1])
-    return _apply(x, grid, coef, spline_order, bool(uniform), contraction)
+    out_dtype = torch.promote_types(x.dtype, coef.dtype)
+    if compute == x.dtype == grid.dtype == coef.dtype and not torch.is_autocast_enabled(x.device.type):
+        return _apply(x, grid, coef, spline_order, bool(uniform), contraction)
+    # Half-precision inputs (autocast, or a model converted to bf16/fp16): bases and contraction
+    # in float32 with autocast off (the knot-interval search and the basis polynomials lose
+    # whole intervals in 8-bit mantissas); the output in the inputs' promoted dtype, float32
+    # under autocast, where the coefficients stay float32.
+    if uniform and grid.dtype != compute:  # the flag was set at the half dtype's tolerance
+        from .layer import is_uniform  # (layer imports this module)
+
+        uniform = is_uniform(grid.to(compute))
+    with torch.autocast(x.device.type, enabled=False):
+        out = _apply(x.to(compute), grid.to(compute), coef.to(compute), spline_order, bool(uniform), contraction)
+    return out.to(out_dtype)
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(x: Tensor, grid: Tensor, coef: Tensor) -> torch.dtype:
+    """float32 or float64: the dtype of ``x``, ``grid`` and ``coef`` once half precision is
+    upcast to float32; a float32/float64 mix or a non-float dtype is an error."""
+    dtypes = {x.dtype, grid.dtype, coef.dtype}
+    if not dtypes <= {torch.float32, torch.float64, *_HALF}:
+        raise TypeError(f"spline_contract needs float tensors; got {x.dtype}, {grid.dtype}, {coef.dtype}")
+    full = {torch.float32 if d in _HALF else d for d in dtypes}
+    if len(full) > 1:
+        raise TypeError(
+            f"spline_contract needs x, grid and coef of one dtype (float16/bfloat16 count as float32); "
+            f"got {x.dtype}, {grid.dtype}, {coef.dtype}"
+        )
+    return full.pop()
 
 
 @torch.compiler.disable
@@ -622,4 +655,10 @@ def _apply(x, grid, coef, spline_order, uniform, contraction):
     """The Function runs eagerly under torch.compile (a graph break on each side): its sorts,
     data-dependent bag sizes and sparse CSR products do not trace, and it is one fused unit
     already. The rest of a model still compiles."""
+    if contraction == "fused":
+        from . import fused  # (fused imports this module)
+
+        if fused.available():
+            return fused.FusedSplineContraction.apply(x, grid, coef, spline_order, uniform)
+        contraction = "dense"
     return SplineContraction.apply(x, grid, coef, spline_order, uniform, contraction, torch.is_grad_enabled())

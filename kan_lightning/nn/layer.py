@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import make_activation
-from .kernels import spline_contract
+from .kernels import CONTRACTIONS, spline_contract
 from .splines import (
     bspline_basis,
     bspline_basis_derivative,
@@ -62,6 +62,9 @@ class KANLayer(nn.Module):
             its tangent at the nearest end. The outermost coefficients are barely constrained
             by data inside the range, so with ``"bases"`` a fine grid fitted to the training
             data can swing far just outside it, where some test points land.
+        contraction: how the fast spline branch contracts (``basis="fast"``): ``"auto"`` (by
+            shape), ``"dense"``, ``"local"`` or ``"fused"`` (compiled on first use; fastest at
+            small grids once compiled; see :mod:`~kan_lightning.nn.fused`).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class KANLayer(nn.Module):
         grid_eps: float = 0.02,
         basis: str = "fast",
         extrapolate: str = "bases",
+        contraction: str = "auto",
     ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
@@ -90,6 +94,9 @@ class KANLayer(nn.Module):
             raise ValueError(f"basis must be 'fast' or 'reference', got {basis!r}")
         if extrapolate not in EXTRAPOLATIONS:
             raise ValueError(f"extrapolate must be one of {EXTRAPOLATIONS}, got {extrapolate!r}")
+        if contraction not in CONTRACTIONS:
+            raise ValueError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}")
+        self.contraction = contraction
         self.in_features = in_features
         self.out_features = out_features
         self.grid_size = grid_size
@@ -182,12 +189,12 @@ class KANLayer(nn.Module):
             # Plain autograd through the full Cox-de Boor recursion (the benchmarks' baseline).
             spline = self.spline_bases(flat).flatten(1) @ coef.flatten(1).T
         else:
-            # Only the k + 1 non-zero bases, hand-written backward (kernels.SplineContraction);
-            # ``contraction`` ("auto" | "dense" | "local") may be set on the layer to force one.
+            # Only the k + 1 non-zero bases, hand-written backward (kernels.SplineContraction,
+            # or fused.FusedSplineContraction).
             at = self.spline_input(flat)
             spline = spline_contract(
                 at, self.grid, coef, self.spline_order, uniform=self.uniform_grid,
-                contraction=getattr(self, "contraction", "auto"),
+                contraction=getattr(self, "contraction", "auto"),  # (layers pickled before the option)
             )
             if self.extrapolate == "linear":
                 spline = self._add_tangents(spline, flat, at, coef)
@@ -202,7 +209,8 @@ class KANLayer(nn.Module):
         if not rows.numel():
             return spline
         tangent = self._tangent_bases(x[rows], at[rows])
-        return spline.index_add(0, rows, tangent.flatten(1) @ coef.flatten(1).T)
+        # (under autocast the product is in the autocast dtype, the spline term in float32)
+        return spline.index_add(0, rows, (tangent.flatten(1) @ coef.flatten(1).T).to(spline.dtype))
 
     def spline_values(self, x: Tensor) -> Tensor:
         """Unscaled ``sum_m c[j, i, m] B_m(x_i)`` per edge: ``(N, out, in)``."""

@@ -65,6 +65,7 @@ class KAN(nn.Module):
         basis: str = "fast",
         extrapolate: str = "bases",
         regularization: Mapping[str, float] | None = None,
+        contraction: str = "auto",
     ) -> None:
         super().__init__()
         widths = check_widths(layers_hidden)
@@ -84,6 +85,7 @@ class KAN(nn.Module):
                 grid_eps=grid_eps,
                 basis=basis,
                 extrapolate=extrapolate,
+                contraction=contraction,
             )
             for w_in, w_out in zip(widths[:-1], widths[1:])
         )
@@ -100,6 +102,7 @@ class KAN(nn.Module):
             basis=basis,
             extrapolate=extrapolate,
             regularization=self.regularization,
+            contraction=contraction,
             **({"base_activation": activation} if activation else {}),
         )
 

@@ -1,0 +1,125 @@
+"""The ``"fused"`` spline contraction: dense bases built by one compiled loop, one matmul.
+
+At small grids the dense matmul is cheap and the eager kernels' cost is elsewhere: the scatter of
+the ``k + 1`` values into a zeroed basis matrix, the int64 slot indices, the saved tensors, and
+the fresh allocations (first-touch page faults) of each of these per step. Here
+``torch.compile`` (inductor) fuses the knot-interval search, the basis polynomials and the
+expansion to the dense ``(N, (G + k) in)`` matrix into one loop, and the ``x``-gradient's
+derivatives, product and sum over bases into another. Saved for backward: ``x``, the
+re-laid-out coefficients and the basis matrix (``4 (G + k)`` bytes per input in float32, less
+than the eager kernels' ``16 (k + 1)`` at the small grids this path is for).
+
+The numbers are the eager kernels' (:mod:`kan_lightning.nn.kernels`): the same interval
+decision from the actual knots, the same exact polynomials, zeros selected rather than
+computed, so the scipy and gradcheck tests hold for it too.
+
+Compiled lazily, on first use (never at import). Where inductor cannot compile (no C++
+compiler, an unsupported platform) the first call warns once and :func:`available` turns
+``False``; :func:`~kan_lightning.nn.kernels.spline_contract` then takes the eager ``"dense"``
+contraction.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from . import kernels
+
+# False: run the same functions eagerly (tests of the numbers without compile time; debugging).
+COMPILE = True
+_COMPILED: dict[str, Callable] = {}
+_FAILED: list[str] = []  # the reason compiling failed, once it has
+
+
+def available() -> bool:
+    """Whether the compiled path may be used (``False`` once compiling has failed here)."""
+    return not _FAILED
+
+
+def _select(values: Tensor, j: Tensor, spline_order: int, n_bases: int) -> Tensor:
+    """``(N, G + k, in)`` from the ``k + 1`` per-input ``values`` ``(N, k + 1, in)`` of bases
+    ``j - k .. j``: entry ``b`` is ``values[:, b + k - j]`` where that is in ``0..k``, else 0."""
+    b = torch.arange(n_bases, dtype=j.dtype, device=j.device).view(1, -1, 1)
+    m = b + spline_order - j.unsqueeze(1)
+    out = torch.zeros((), dtype=values.dtype, device=values.device)
+    for index in range(spline_order, -1, -1):
+        out = torch.where(m == index, values[:, index : index + 1], out)
+    return out
+
+
+def _local(x: Tensor, grid: Tensor, tables: dict, spline_order: int, uniform: bool, derivatives: bool):
+    """:func:`kernels._local_bases` with the grid's tables computed (and cached) outside, as a
+    separate compiled loop: inlined into the expansion, the interval search and polynomials
+    would be recomputed for every basis."""
+    return kernels._local_bases(x, grid, spline_order, uniform, derivatives, tables)
+
+
+def _expand(values: Tensor, j: Tensor, spline_order: int, n_bases: int) -> Tensor:
+    """The dense basis matrix ``(N, (G + k) in)``, slot-major columns ``b * in + i``."""
+    return _select(values, j, spline_order, n_bases).reshape(values.shape[0], -1)
+
+
+def _grad_x(derivs: Tensor, j: Tensor, scale: Tensor | None, dots: Tensor, spline_order: int, n_bases: int) -> Tensor:
+    """``sum_b dots[n, b * in + i] * dB_b/dx (x[n, i])``: ``(N, in)``."""
+    slopes = _select(derivs, j, spline_order, n_bases)
+    grad = (dots.view_as(slopes) * slopes).sum(1)
+    return grad if scale is None else grad * scale
+
+
+def _bases(x: Tensor, grid: Tensor, spline_order: int, uniform: bool, n_bases: int) -> Tensor:
+    tables = kernels._grid_tables(grid, spline_order, uniform)
+    values, _, j, _ = _run("local", _local, x, grid, tables, spline_order, uniform, False)
+    return _run("expand", _expand, values, j, spline_order, n_bases)
+
+
+def _run(name: str, fn: Callable, *args) -> Tensor:
+    """``fn`` compiled (cached per name), or eagerly once compiling has failed."""
+    if _FAILED or not COMPILE:
+        return fn(*args)
+    compiled = _COMPILED.get(name)
+    if compiled is None:
+        compiled = _COMPILED[name] = torch.compile(fn, dynamic=None)
+    try:
+        return compiled(*args)
+    except Exception as exc:  # no C++ compiler, or inductor cannot build this
+        _FAILED.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        warnings.warn(f"the fused spline kernel could not be compiled ({_FAILED[0]}); using the eager kernels",
+                      RuntimeWarning, stacklevel=2)
+        return fn(*args)
+
+
+class FusedSplineContraction(torch.autograd.Function):
+    """``y = basis(x) @ coef_t.T`` with the basis and the ``x``-gradient from compiled loops."""
+
+    @staticmethod
+    def forward(ctx, x, grid, coef, spline_order, uniform):
+        n_bases = coef.shape[-1]
+        grid = grid.contiguous()
+        basis = _bases(x, grid, spline_order, uniform, n_bases)
+        coef_t = coef.transpose(1, 2).reshape(coef.shape[0], -1)  # (out, (G + k) in), slot-major
+        ctx.save_for_backward(x, grid, coef_t, basis)
+        ctx.args = (spline_order, uniform, n_bases)
+        return basis @ coef_t.T
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, grid, coef_t, basis = ctx.saved_tensors
+        spline_order, uniform, n_bases = ctx.args
+        grad_out = grad_out.contiguous()
+        grad_x = grad_coef = None
+        if ctx.needs_input_grad[0]:
+            if spline_order == 0:  # piecewise constant: zero derivative almost everywhere
+                grad_x = torch.zeros_like(x)
+            else:
+                tables = kernels._grid_tables(grid, spline_order, uniform)
+                _, derivs, j, scale = _run("local", _local, x, grid, tables, spline_order, uniform, True)
+                grad_x = _run("grad_x", _grad_x, derivs, j, scale, grad_out @ coef_t, spline_order, n_bases)
+        if ctx.needs_input_grad[2]:
+            grad_coef = (grad_out.T @ basis).view(-1, n_bases, x.shape[1]).transpose(1, 2)
+        return grad_x, None, grad_coef, None, None

@@ -1,0 +1,109 @@
+"""The compiled "fused" contraction (inductor's C++ on CPU): exact, and eager where compiling fails.
+
+The numbers of every grid kind and order are tested uncompiled in test_kernels.py ("fused-eager");
+here the compiled loops themselves, on a few cases (each new case compiles for seconds).
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from kan_lightning.nn import KANLayer, fused
+from kan_lightning.nn.kernels import spline_contract
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("gcc") is None,
+                                reason="inductor on CPU needs a C++ compiler")
+
+
+def _case(kind: str, k: int = 3):
+    torch.manual_seed(0)
+    layer = KANLayer(3, 4, grid_size=6, spline_order=k).double()
+    if kind == "random":
+        layer.update_grid(torch.rand(500, 3, dtype=torch.float64) ** 2 * 2 - 1, grid_eps=0.0)
+    x = (torch.rand(64, 3, dtype=torch.float64) * 2.6 - 1.3).requires_grad_(True)
+    coef = torch.randn(4, 3, layer.num_bases, dtype=torch.float64, requires_grad=True)
+    return layer.grid, x, coef, kind == "uniform"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["uniform", "random"])
+def test_compiled_matches_dense_and_gradcheck(kind) -> None:
+    """Compiled: the eager dense kernel's outputs and gradients to float64 rounding (the dense
+    kernel matches scipy to 1e-12 in test_kernels.py), and float64 gradcheck."""
+    grid, x, coef, uniform = _case(kind)
+    results = []
+    for contraction in ("dense", "fused"):
+        out = spline_contract(x, grid, coef, 3, uniform=uniform, contraction=contraction)
+        grads = torch.autograd.grad((out * torch.arange(4.0, dtype=out.dtype)).sum(), (x, coef))
+        results.append((out, *grads))
+    assert fused.available() and fused._COMPILED
+    for a, b in zip(*results):
+        assert (a - b).abs().max().item() <= 1e-12
+    fn = lambda a, c: spline_contract(a, grid, c, 3, uniform=uniform, contraction="fused")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x[:8].detach().requires_grad_(True), coef), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_falls_back_to_eager_when_the_compiler_is_missing(monkeypatch) -> None:
+    """A C++ compiler that does not exist: one warning, then the eager kernels, same numbers."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(fused, "_COMPILED", {})
+    monkeypatch.setattr(fused, "_FAILED", [])
+    torch._dynamo.reset()
+    grid, x, coef, uniform = _case("uniform", k=2)
+    expected = spline_contract(x, grid, coef, 2, uniform=uniform, contraction="dense")
+    # (inductor's config module is patched with its own context manager: monkeypatch's undo
+    # would delete the entries)
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+        with pytest.warns(RuntimeWarning, match="could not be compiled"):
+            got = spline_contract(x, grid, coef, 2, uniform=uniform, contraction="fused")
+    assert not fused.available()
+    assert (got - expected).abs().max().item() <= 1e-12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only; now the eager dense kernel
+        again = spline_contract(x, grid, coef, 2, uniform=uniform, contraction="fused")
+    assert torch.equal(again, expected)
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_training_matches_the_dense_contraction() -> None:
+    """30 Adam steps of a float32 layer: the same trajectory as with the eager dense kernel."""
+    finals = []
+    for contraction in ("dense", "fused"):
+        torch.manual_seed(0)
+        layer = KANLayer(2, 3, grid_size=5)
+        layer.contraction = contraction
+        x = torch.rand(256, 2) * 2 - 1
+        y = torch.sin(3 * x[:, :1]) * x[:, 1:]
+        opt = torch.optim.Adam(layer.parameters(), lr=1e-2)
+        for _ in range(30):
+            opt.zero_grad()
+            (layer(x) - y).square().mean().backward()
+            opt.step()
+        finals.append(layer(x).detach())
+    assert (finals[0] - finals[1]).abs().max().item() <= 1e-5
+
+
+def test_contraction_option_reaches_every_layer_and_is_checked() -> None:
+    from kan_lightning.nn import KAN
+
+    model = KAN([2, 3, 1], grid_size=4, contraction="dense")
+    assert [layer.contraction for layer in model.layers] == ["dense", "dense"]
+    assert model.config["contraction"] == "dense"
+    with pytest.raises(ValueError, match="contraction must be one of"):
+        KANLayer(2, 1, contraction="sparse")
+
+
+@pytest.mark.slow
+def test_kan_train_with_fused_contraction(make_cfg) -> None:
+    import math
+
+    from kan_lightning.train import train
+
+    record = train(make_cfg("debug=fast", "trainer.enable_progress_bar=false", "model.contraction=fused"))
+    assert record["status"] == "completed" and math.isfinite(record["metrics"]["test/rmse"])
