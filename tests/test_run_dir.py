@@ -30,7 +30,9 @@ def _record(run_dir: Path) -> dict:
 
 
 def _model_checkpoint_state(path: Path) -> dict:
-    (state,) = [s for key, s in read_checkpoint(path)["callbacks"].items() if key.startswith("ModelCheckpoint")]
+    # the runs below add a test callback to the config: trust its target, as resuming them does
+    checkpoint = read_checkpoint(path, trusted_targets=["test_reliability.SendSignal"])
+    (state,) = [s for key, s in checkpoint["callbacks"].items() if key.startswith("ModelCheckpoint")]
     return state
 
 
@@ -240,14 +242,15 @@ def test_cli_killed_sweep_rerun_resumes_only_the_unfinished_jobs(tmp_path):
     sweep = [SIGTERM_AT[0], f"{SIGTERM_AT[1]}=1000,7"]
     result = _cli(sweep_dir, *sweep, multirun=True)
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
-    assert (_record(sweep_dir / "0")["status"], _record(sweep_dir / "1")["status"]) == ("completed", "interrupted")
-    job0 = _files(sweep_dir / "0")
+    job0, job1 = sweep_dir / "at_step=1000", sweep_dir / "at_step=7"  # named by the swept values
+    assert (_record(job0)["status"], _record(job1)["status"]) == ("completed", "interrupted")
+    files0 = _files(job0)
 
     result = _cli(sweep_dir, *sweep, "ckpt_path=last", multirun=True)  # resumed at step 8: no signal
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _files(sweep_dir / "0") == job0, "the completed job stayed as it was"
-    resumed = _record(sweep_dir / "1")
-    assert resumed["status"] == "completed" and resumed["resumed_from"] == str(sweep_dir / "1" / "checkpoints" / "last.ckpt")
+    assert _files(job0) == files0, "the completed job stayed as it was"
+    resumed = _record(job1)
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == str(job1 / "checkpoints" / "last.ckpt")
 
 
 @pytest.mark.slow
