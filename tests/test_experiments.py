@@ -196,7 +196,7 @@ def test_stage_evaluation_arguments():
 def test_paper_grid_extension_preset(make_cfg):
     cfg = make_cfg("experiment=paper_grid_extension")
     ext = cfg.callbacks.grid_extension
-    assert cfg.model.layers_hidden == [2, 5, 1] and cfg.model.spline_order == 3
+    assert cfg.model.layers_hidden == ["auto", 5, "auto"] and cfg.model.spline_order == 3
     assert cfg.model.grid_size == ext.grids[0] == 3 and list(ext.grids) == [3, 5, 10, 20, 50, 100]
     assert cfg.trainer.precision == "64-true" and cfg.data.batch_size == "full"
     assert cfg.optimizer._target_ == "torch.optim.LBFGS"
