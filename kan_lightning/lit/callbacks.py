@@ -179,6 +179,10 @@ class GridExtension(L.Callback):
         grid_margin: with ``use_data``, the other grids span their inputs' range widened by this
             many grid intervals per side (inputs a little past the training extremes then stay
             in the outermost fitted intervals instead of past the grid).
+        hidden_range: with ``use_data``, how the hidden grids' ranges are set: ``"margin"`` (the
+            activations' range plus ``grid_margin``) or ``"interval"`` (interval bounds over the
+            first grid's whole range, so no input from it can leave a hidden grid; see
+            :meth:`KAN.update_grid`).
         max_samples: use at most this many training inputs.
         evaluate_splits: splits (``train``, ``val``, ``test``) whose RMSE is recorded at the end
             of every stage; ``None`` or empty: none (stages still record grid and parameters).
@@ -201,6 +205,7 @@ class GridExtension(L.Callback):
         use_data: bool = True,
         keep_input_range: bool = False,
         grid_margin: float = 0.0,
+        hidden_range: str = "margin",
         max_samples: int | None = None,
         evaluate_splits=None,
         eval_batch_size: int = 65536,
@@ -228,6 +233,11 @@ class GridExtension(L.Callback):
         if isinstance(grid_margin, bool) or not (float(grid_margin) >= 0 and math.isfinite(float(grid_margin))):
             raise ValueError(f"grid_margin must be a finite number >= 0, got {grid_margin!r}")
         self.grid_margin = float(grid_margin)
+        from kan_lightning.nn.network import HIDDEN_RANGES
+
+        if hidden_range not in HIDDEN_RANGES:
+            raise ValueError(f"hidden_range must be one of {HIDDEN_RANGES}, got {hidden_range!r}")
+        self.hidden_range = hidden_range
         self.max_samples = max_samples
         splits = [str(v) for v in (evaluate_splits or [])]
         unknown = [v for v in splits if v not in EVAL_SPLITS]
@@ -300,7 +310,8 @@ class GridExtension(L.Callback):
         if self.use_data:
             param = next(model.parameters())
             x = _fit_inputs(trainer, batch, self.max_samples).to(device=param.device, dtype=param.dtype)
-        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range, margin=self.grid_margin)
+        extra = {"hidden_range": self.hidden_range} if self.hidden_range != "margin" else {}
+        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range, margin=self.grid_margin, **extra)
         _rebuild(pl_module)
         self.history.append(
             {
