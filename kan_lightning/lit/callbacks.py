@@ -261,6 +261,7 @@ class GridExtension(L.Callback):
         # keep_best: the stage record and a copy of the network's state of the best stage so far
         self.delivered: dict | None = None
         self._best_state: dict | None = None
+        self._best_widths: list[int] | None = None
 
     @property
     def grid_size(self) -> int:
@@ -359,9 +360,13 @@ class GridExtension(L.Callback):
         value = record.get("val/rmse")
         if value is None or not math.isfinite(value):
             return
-        if self.delivered is None or value < self.delivered["val/rmse"]:
-            self.delivered = dict(record)
-            state = _network(pl_module).state_dict()
+        model = _network(pl_module)
+        widths = list(getattr(model, "layers_hidden", []))
+        # a network pruned since the best stage cannot take its state back: only the stages of
+        # the current widths compete
+        if self.delivered is None or widths != self._best_widths or value < self.delivered["val/rmse"]:
+            self.delivered, self._best_widths = dict(record), widths
+            state = model.state_dict()
             self._best_state = {k: v.detach().clone() for k, v in state.items()}
 
     def restore_best(self, trainer, pl_module) -> None:
@@ -465,6 +470,7 @@ class GridExtension(L.Callback):
             "at_epochs": self.at_epochs,
             "delivered": self.delivered,
             "best_state": self._best_state,
+            "best_widths": self._best_widths,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -476,6 +482,7 @@ class GridExtension(L.Callback):
         self._pending = state_dict.get("pending", False)
         self.delivered = state_dict.get("delivered")
         self._best_state = state_dict.get("best_state")
+        self._best_widths = state_dict.get("best_widths")
         if self.at_epochs is None and self.at_steps is None and self.patience is None:
             self.at_epochs = state_dict.get("at_epochs")
 
