@@ -122,3 +122,11 @@ def test_feynman_preset_reduced_run(make_cfg):
     assert record["status"] == "completed" and record["config"]["model"]["layers_hidden"] == [3, 5, 1]
     delivered = record["callbacks"]["grid_extension"]["delivered"]
     assert record["metrics"]["test/rmse"] == pytest.approx(delivered["test/rmse"], rel=1e-6)
+
+
+def test_best_validation_stage_for_runs_without_keep_best():
+    from kan_lightning.analysis.grid_extension import best_validation_stage
+
+    stages = [{"grid": 5, "val/rmse": 3e-4}, {"grid": 20, "val/rmse": 1e-4, "test/rmse": 2e-4}, {"grid": 50, "val/rmse": 2e-4}]
+    assert best_validation_stage(stages)["grid"] == 20
+    assert best_validation_stage([{"grid": 5, "test/rmse": 1e-3}]) is None

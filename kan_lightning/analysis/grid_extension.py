@@ -64,6 +64,13 @@ def delivered_stage(record: dict) -> dict | None:
     return node.get("delivered")
 
 
+def best_validation_stage(stages: Sequence[dict]) -> dict | None:
+    """The stage with the lowest validation RMSE (the one ``keep_best`` delivers), for runs
+    recorded with ``val`` but without ``keep_best``; ``None`` without validation RMSE."""
+    scored = [s for s in stages if _positive(s.get("val/rmse"))]
+    return min(scored, key=lambda s: s["val/rmse"]) if scored else None
+
+
 def load_stages(run_dir: str | Path) -> list[dict]:
     """The per-grid records of a run (``grid``, ``num_parameters``, ``train/rmse``, ``test/rmse``)."""
     stages = record_stages(load_record(run_dir))
@@ -359,7 +366,7 @@ def _grid_extension_report(run_dirs: Sequence[Path], out: Path, name: str, x_key
     for run, record, key in zip(run_dirs, records, run_labels(run_dirs, records)):
         runs[key] = load_stages(run)
         walls[key] = record.get("wall_time_s")
-        delivereds[key] = delivered_stage(record)
+        delivereds[key] = delivered_stage(record) or best_validation_stage(runs[key])
     parts = []
     for key, stages in runs.items():
         table, _ = stage_table(stages, label="grid", reference=reference)
