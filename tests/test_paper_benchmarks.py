@@ -111,8 +111,9 @@ def test_presets_sweep_every_benchmark(make_cfg):
         assert list(cfg.model.layers_hidden) == ["auto", 5, "auto"]
 
 
-def test_feynman_preset_reduced_run(make_cfg):
-    """A three-input equation through the preset: the first width follows the data."""
+def test_feynman_preset_reduced_run(make_cfg, tmp_path):
+    """A three-input equation through the preset: the first width follows the data; then the
+    grid diagnostics of its last checkpoint."""
     cfg = make_cfg(
         "experiment=feynman", "data.function=feynman_I.6.2b", "trainer.enable_progress_bar=false", "logger=none",
         "data.n_samples=150", "trainer.max_epochs=4", "callbacks.grid_extension.grids=[3,6]",
@@ -130,3 +131,14 @@ def test_best_validation_stage_for_runs_without_keep_best():
     stages = [{"grid": 5, "val/rmse": 3e-4}, {"grid": 20, "val/rmse": 1e-4, "test/rmse": 2e-4}, {"grid": 50, "val/rmse": 2e-4}]
     assert best_validation_stage(stages)["grid"] == 20
     assert best_validation_stage([{"grid": 5, "test/rmse": 1e-3}]) is None
+    from kan_lightning.analysis import grid_diagnostics as gd
+
+    model, data = gd.load_run(tmp_path)
+    assert model.grid_size == 6 and model.layers_hidden == [3, 5, 1]
+    far = torch.full((1, 3), 50.0, dtype=torch.float64)
+    assert gd.off_grid(model, far).tolist() == [True] and not gd.off_grid(model, data.x_train.double()[:, :]).any()
+    conditions = gd.refit_conditions(model, data.x_train.double())
+    assert [len(c) for c in conditions] == [3, 5] and all(c >= 1 for row in conditions for c in row)
+    text = gd.report(tmp_path, refit=12, margins=[0.5])
+    assert "G = 6" in text and "refit to G = 12: margin 0.5:" in text and "interval:" in text
+    assert gd.main([str(tmp_path / "missing")]) == 2
