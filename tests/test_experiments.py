@@ -33,6 +33,7 @@ from kan_lightning.analysis.sweeps import (
 from kan_lightning.data import SyntheticFunctionDataModule
 from kan_lightning.lit import GridExtension, KANRegressor
 from kan_lightning.nn import KAN
+from kan_lightning.config_checks import data_widths
 from kan_lightning.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -319,8 +320,9 @@ def test_guide_suite_preset_and_matched_mlp(make_cfg):
     assert params["model"] == "kan,mlp_guide" and len(str(params["seed"]).split(",")) >= 3
     kan_cfg = make_cfg("experiment=guide_suite")
     mlp_cfg = make_cfg("experiment=guide_suite", "model=mlp_guide")
-    kan = instantiate(kan_cfg.model, _convert_="all")
-    mlp = instantiate(mlp_cfg.model, _convert_="all")
+    # the widths train.build_model gives them on this 2-input, 1-output data (auto -> 2 and 1)
+    kan = instantiate(kan_cfg.model, layers_hidden=data_widths(kan_cfg.model.layers_hidden, 2, 1), _convert_="all")
+    mlp = instantiate(mlp_cfg.model, layers_hidden=data_widths(mlp_cfg.model.layers_hidden, 2, 1), _convert_="all")
     n_kan, n_mlp = (sum(p.numel() for p in m.parameters()) for m in (kan, mlp))
     assert n_kan == kan_parameter_count([2, 20, 20, 1], 5, 3) == 4600
     assert list(mlp_cfg.model.layers_hidden) == matching_mlp_widths(n_kan, 2, 1, depth=2)
