@@ -117,20 +117,12 @@ def test_feynman_preset_reduced_run(make_cfg, tmp_path):
     cfg = make_cfg(
         "experiment=feynman", "data.function=feynman_I.6.2b", "trainer.enable_progress_bar=false", "logger=none",
         "data.n_samples=150", "trainer.max_epochs=4", "callbacks.grid_extension.grids=[3,6]",
-        "trainer.check_val_every_n_epoch=2",
+        "trainer.check_val_every_n_epoch=2", "callbacks.last_checkpoint.every_n_epochs=2",
     )
     record = train(cfg)
     assert record["status"] == "completed" and record["config"]["model"]["layers_hidden"] == [3, 5, 1]
     delivered = record["callbacks"]["grid_extension"]["delivered"]
     assert record["metrics"]["test/rmse"] == pytest.approx(delivered["test/rmse"], rel=1e-6)
-
-
-def test_best_validation_stage_for_runs_without_keep_best():
-    from kan_lightning.analysis.grid_extension import best_validation_stage
-
-    stages = [{"grid": 5, "val/rmse": 3e-4}, {"grid": 20, "val/rmse": 1e-4, "test/rmse": 2e-4}, {"grid": 50, "val/rmse": 2e-4}]
-    assert best_validation_stage(stages)["grid"] == 20
-    assert best_validation_stage([{"grid": 5, "test/rmse": 1e-3}]) is None
     from kan_lightning.analysis import grid_diagnostics as gd
 
     model, data = gd.load_run(tmp_path)
@@ -142,3 +134,11 @@ def test_best_validation_stage_for_runs_without_keep_best():
     text = gd.report(tmp_path, refit=12, margins=[0.5])
     assert "G = 6" in text and "refit to G = 12: margin 0.5:" in text and "interval:" in text
     assert gd.main([str(tmp_path / "missing")]) == 2
+
+
+def test_best_validation_stage_for_runs_without_keep_best():
+    from kan_lightning.analysis.grid_extension import best_validation_stage
+
+    stages = [{"grid": 5, "val/rmse": 3e-4}, {"grid": 20, "val/rmse": 1e-4, "test/rmse": 2e-4}, {"grid": 50, "val/rmse": 2e-4}]
+    assert best_validation_stage(stages)["grid"] == 20
+    assert best_validation_stage([{"grid": 5, "test/rmse": 1e-3}]) is None
