@@ -152,6 +152,25 @@ def check_grid_range(value: Any, grid_size: Any, spline_order: Any) -> None:
         raise fail("model.grid_range", value, f"is too narrow for model.grid_size={grid_size}: float32 cannot tell its knots apart")
 
 
+# a first or last entry of model.layers_hidden that takes the data's dimension
+AUTO_WIDTH = "auto"
+
+
+def _is_auto(width: Any) -> bool:
+    return width is None or width == AUTO_WIDTH
+
+
+def data_widths(widths: list, input_dim: int, output_dim: int) -> list:
+    """``widths`` with an ``auto`` (or null) first/last entry set to the data's input/output
+    dimension; explicit widths are kept, so a mismatch still gets :func:`layers_mismatch`."""
+    widths = list(widths)
+    if widths and _is_auto(widths[0]):
+        widths[0] = input_dim
+    if len(widths) > 1 and _is_auto(widths[-1]):
+        widths[-1] = output_dim
+    return widths
+
+
 def layers_mismatch(widths: list[int], input_dim: int, output_dim: int) -> ConfigError:
     """The message for a width list that does not fit the data's dimensions."""
     middle = ",".join(map(str, widths[1:-1]))
@@ -223,9 +242,13 @@ def check_model(model: Mapping[str, Any]) -> None:
     if (
         not isinstance(widths, (list, tuple))
         or len(widths) < 2
-        or not all(_is_int(w) and w >= 1 for w in widths)
+        or not all(_is_int(w) and w >= 1 for w in data_widths(widths, 1, 1))
     ):
-        raise fail("model.layers_hidden", widths, "must list at least two positive integer widths (input first, output last), e.g. [2,5,1]")
+        raise fail(
+            "model.layers_hidden", widths,
+            "must list at least two positive integer widths (input first, output last; those two may be "
+            "auto: the data's dimensions), e.g. [2,5,1] or [auto,5,auto]",
+        )
     if target in MLP_TARGETS:
         return
     if "grid_size" in model:
@@ -486,7 +509,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     check_model(model)
     input_dim = check_data(container.get("data") or {})
     if input_dim is not None and model.get("_target_") in KAN_TARGETS | MLP_TARGETS:
-        widths = list(model["layers_hidden"])
+        widths = data_widths(model["layers_hidden"], input_dim, 1)
         if widths[0] != input_dim or widths[-1] != 1:
             raise layers_mismatch(widths, input_dim, 1)
     check_optimizer(container.get("optimizer"))

@@ -17,7 +17,7 @@ import resource
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kan_lightning.config_checks import KAN_TARGETS, MLP_TARGETS, ConfigError, _show
+from kan_lightning.config_checks import KAN_TARGETS, MLP_TARGETS, ConfigError, _show, check_data, data_widths
 
 GB = 1e9
 # The defaults of the shipped configs, used to find the key that drives an estimate.
@@ -71,8 +71,8 @@ def estimate_memory(container: Mapping[str, Any]) -> Estimate | None:
     target = model.get("_target_")
     if target not in KAN_TARGETS | MLP_TARGETS:
         return None
-    widths = [int(w) for w in model["layers_hidden"]]
     data = container.get("data") or {}
+    widths = [int(w) for w in data_widths(model["layers_hidden"], check_data(data) or 1, 1)]  # auto ends
     n_train = _split_train(data)
     batch = data.get("batch_size", 256)
     batch = n_train if batch == "full" else min(int(batch), n_train)
@@ -151,7 +151,7 @@ def _driving_key(container: Mapping[str, Any], estimate: Estimate) -> tuple[str,
 
     if "grid_size" in model:
         candidates.append(("model.grid_size", model["grid_size"], variant("model", "grid_size", _MODEST["model.grid_size"])))
-    widths = list(model["layers_hidden"])
+    widths = list(model["layers_hidden"])  # as the user wrote them, auto ends included
     modest = [widths[0], *(min(w, _MODEST["width"]) for w in widths[1:-1]), widths[-1]]
     candidates.append(("model.layers_hidden", widths, variant("model", "layers_hidden", modest)))
     if isinstance(data.get("batch_size"), int):

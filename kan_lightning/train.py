@@ -46,7 +46,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from kan_lightning.devices import device_lease
-from kan_lightning.config_checks import ConfigError, config_error, instantiate_node, layers_mismatch, resolved_container, validate_config
+from kan_lightning.config_checks import ConfigError, config_error, data_widths, instantiate_node, layers_mismatch, resolved_container, validate_config
 from kan_lightning.lit import KANRegressor
 from kan_lightning.lit.checkpoint import check_state_matches, config_targets, load_plain, read_checkpoint
 from kan_lightning.lit.hparams import hydra_context, log_run
@@ -66,8 +66,10 @@ log = logging.getLogger(__name__)
 
 
 def build_model(cfg: DictConfig, input_dim: int, output_dim: int) -> torch.nn.Module:
-    """The network of ``cfg.model``, checked against the data's dimensions."""
-    widths = list(cfg.model.layers_hidden)
+    """The network of ``cfg.model``, checked against the data's dimensions (an ``auto`` first or
+    last width takes them, in ``cfg`` too, so the run record shows the widths used)."""
+    widths = data_widths(list(cfg.model.layers_hidden), input_dim, output_dim)
+    cfg.model.layers_hidden = widths
     if widths[0] != input_dim or widths[-1] != output_dim:
         raise layers_mismatch(widths, input_dim, output_dim)
     return instantiate_node(cfg.model, "model", _convert_="all")

@@ -63,7 +63,7 @@ def test_group_option_composes_and_targets_accept_keys(make_cfg, group, option):
 
 def test_train_defaults(make_cfg):
     cfg = make_cfg()
-    assert cfg.model.layers_hidden == [2, 20, 20, 1]
+    assert cfg.model.layers_hidden == ["auto", 20, 20, "auto"]
     assert (cfg.model.grid_size, cfg.model.spline_order) == (5, 3)
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.01
     assert cfg.trainer.accelerator == "cpu"

@@ -110,6 +110,26 @@ def test_formula_values_match_numpy(formula, reference):
     np.testing.assert_allclose(y[:, 0].numpy(), expected, rtol=1e-6, atol=1e-12)
 
 
+# The usual math names beside numpy's, against Python's math module point by point; x0 in
+# (0.05, 0.95) and x1 in (1.05, 3) keep every function inside its real domain.
+MATH_NAMES = [
+    ("asin(x0*sin(x1))", lambda a, b: math.asin(a * math.sin(b))),  # Feynman I.26.2
+    ("acos(x0) + atan(x1)", lambda a, b: math.acos(a) + math.atan(b)),
+    ("asinh(x1) - acosh(x1) + atanh(x0)", lambda a, b: math.asinh(b) - math.acosh(b) + math.atanh(a)),
+    ("arcsinh(x1) - arccosh(x1) + arctanh(x0)", lambda a, b: math.asinh(b) - math.acosh(b) + math.atanh(a)),
+    ("ln(x1) * pow(x0, 1.5) + pow(x1, x0)", lambda a, b: math.log(b) * a**1.5 + b**a),
+]
+
+
+@pytest.mark.parametrize("formula, reference", MATH_NAMES)
+def test_formula_math_names_match_math_module(formula, reference):
+    target = parse_formula(formula, domain=[[0.05, 0.95], [1.05, 3.0]])
+    x = _points(target, 7, seed=2)
+    y = target.fn(x)[:, 0].tolist()
+    expected = [reference(a, b) for a, b in x.tolist()]
+    assert y == pytest.approx(expected, rel=1e-12)
+
+
 def test_formula_dimension_inference_and_domain():
     target = parse_formula("x1")
     assert target.input_dim == 2

@@ -33,6 +33,7 @@ from kan_lightning.analysis.sweeps import (
 from kan_lightning.data import SyntheticFunctionDataModule
 from kan_lightning.lit import GridExtension, KANRegressor
 from kan_lightning.nn import KAN
+from kan_lightning.config_checks import data_widths
 from kan_lightning.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -129,6 +130,58 @@ def test_stage_evaluation_matches_direct_rmse(tmp_path):
     assert restored.report() == report
 
 
+class SpoilLastStage(L.Callback):
+    """Scrambles the spline coefficients at the end of the last epoch: a last stage that is
+    worse on every split than the ones before it."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == trainer.max_epochs - 1:
+            with torch.no_grad():
+                for layer in pl_module.model.layers:
+                    layer.spline_weight.add_(torch.randn_like(layer.spline_weight))
+
+
+def test_keep_best_delivers_the_best_validation_stage(tmp_path):
+    L.seed_everything(0, verbose=False)
+    data = SyntheticFunctionDataModule(
+        function="paper_exp_sin", n_samples=300, split=(0.5, 0.2, 0.3), batch_size="full", seed=3,
+        normalize_targets=True,
+    )
+    module = KANRegressor(KAN([2, 3, 1], grid_size=3), optimizer=lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"))
+    extension = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], evaluate_splits=["test"], keep_best=True)
+    snapshot = Snapshot([4])
+    trainer = L.Trainer(
+        max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, precision="64-true",
+        callbacks=[snapshot, SpoilLastStage(), extension],
+    )
+    trainer.fit(module, datamodule=data)
+
+    report = extension.report()
+    stages, delivered = report["stages"], report["delivered"]
+    assert [s["grid"] for s in stages] == [3, 5, 8] and all("val/rmse" in s for s in stages)
+    assert stages[-1]["val/rmse"] > 10 * stages[1]["val/rmse"]  # the spoiled last stage
+    best = min(stages, key=lambda s: s["val/rmse"])
+    assert delivered == best and delivered["grid"] != 8
+    # the network in the module is the delivered stage's: its grid and, measured directly, its RMSE
+    assert module.model.grid_size == delivered["grid"] == module.model.config["grid_size"]
+    for split in ("val", "test"):
+        assert _direct_rmse(module.model, data, split) == pytest.approx(delivered[f"{split}/rmse"], rel=1e-9)
+    if delivered["grid"] == 5:  # the stage-5 network seen at the switch to 8, parameter for parameter
+        for (name, a), b in zip(module.model.state_dict().items(), snapshot.models[4].state_dict().values()):
+            assert torch.equal(a, b), name
+    # trainer.test after fit tests the delivered network, and the optimizer holds its parameters
+    (result,) = trainer.test(module, datamodule=data, verbose=False)
+    assert result["test/rmse"] == pytest.approx(delivered["test/rmse"], rel=1e-6)
+    assert result["test/rmse"] < stages[-1]["test/rmse"]
+    held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert held == {id(p) for p in module.parameters()}
+    # a checkpoint round trip keeps the choice
+    restored = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], keep_best=True)
+    restored.load_state_dict(extension.state_dict())
+    assert restored.report() == report
+
+
 def test_stage_evaluation_arguments():
     with pytest.raises(ValueError, match="evaluate_splits"):
         GridExtension(grids=[3, 5], evaluate_splits=["train", "holdout"])
@@ -144,12 +197,12 @@ def test_stage_evaluation_arguments():
 def test_paper_grid_extension_preset(make_cfg):
     cfg = make_cfg("experiment=paper_grid_extension")
     ext = cfg.callbacks.grid_extension
-    assert cfg.model.layers_hidden == [2, 5, 1] and cfg.model.spline_order == 3
+    assert cfg.model.layers_hidden == ["auto", 5, "auto"] and cfg.model.spline_order == 3
     assert cfg.model.grid_size == ext.grids[0] == 3 and list(ext.grids) == [3, 5, 10, 20, 50, 100]
     assert cfg.trainer.precision == "64-true" and cfg.data.batch_size == "full"
     assert cfg.optimizer._target_ == "torch.optim.LBFGS"
     assert cfg.trainer.max_epochs % len(ext.grids) == 0  # equal LBFGS steps per grid
-    assert list(ext.evaluate_splits) == ["train", "test"]
+    assert list(ext.evaluate_splits) == ["train", "val", "test"] and ext.keep_best
     assert cfg.callbacks.grid_update.stop_step <= cfg.trainer.max_epochs // len(ext.grids)  # first stage only
     data = instantiate(cfg.data)
     data.setup()
@@ -167,13 +220,16 @@ def test_paper_grid_extension_reduced_run_and_report(make_cfg, tmp_path):
     stages = record["callbacks"]["grid_extension"]["stages"]
     assert [(s["grid"], s["epoch"]) for s in stages] == [(3, 3), (5, 6), (10, 9)]
     assert all(math.isfinite(s["train/rmse"]) and math.isfinite(s["test/rmse"]) for s in stages)
-    # the final test of the last weights agrees with the last stage's evaluation
-    assert record["metrics"]["test/rmse"] == pytest.approx(stages[-1]["test/rmse"], rel=1e-6)
+    # the final test is of the delivered stage (lowest val RMSE) and agrees with its evaluation
+    delivered = record["callbacks"]["grid_extension"]["delivered"]
+    assert delivered["val/rmse"] == min(s["val/rmse"] for s in stages)
+    assert record["metrics"]["test/rmse"] == pytest.approx(delivered["test/rmse"], rel=1e-6)
 
     out = tmp_path / "report"
     assert ge.main([str(tmp_path), "--out", str(out), "--reference", "pykan=3:1.5e-3,5:7.3e-4,10:2.2e-4"]) == 0
     text = (out / "grid_extension.md").read_text()
     assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 3  # header + 3 grids
+    assert f"Delivered (lowest validation RMSE; selected on validation, never on test): grid {delivered['grid']}" in text
     assert "pykan test RMSE" in text and ("Fitted slope" in text or "No slope fitted" in text)
     assert (out / "grid_extension.png").stat().st_size > 1000
 
@@ -264,8 +320,9 @@ def test_guide_suite_preset_and_matched_mlp(make_cfg):
     assert params["model"] == "kan,mlp_guide" and len(str(params["seed"]).split(",")) >= 3
     kan_cfg = make_cfg("experiment=guide_suite")
     mlp_cfg = make_cfg("experiment=guide_suite", "model=mlp_guide")
-    kan = instantiate(kan_cfg.model, _convert_="all")
-    mlp = instantiate(mlp_cfg.model, _convert_="all")
+    # the widths train.build_model gives them on this 2-input, 1-output data (auto -> 2 and 1)
+    kan = instantiate(kan_cfg.model, layers_hidden=data_widths(kan_cfg.model.layers_hidden, 2, 1), _convert_="all")
+    mlp = instantiate(mlp_cfg.model, layers_hidden=data_widths(mlp_cfg.model.layers_hidden, 2, 1), _convert_="all")
     n_kan, n_mlp = (sum(p.numel() for p in m.parameters()) for m in (kan, mlp))
     assert n_kan == kan_parameter_count([2, 20, 20, 1], 5, 3) == 4600
     assert list(mlp_cfg.model.layers_hidden) == matching_mlp_widths(n_kan, 2, 1, depth=2)

@@ -121,6 +121,18 @@ def test_layers_must_match_data(make_cfg):
     cfg = make_cfg(*FAST, "model.layers_hidden=[3,4,1]")
     with pytest.raises(ValueError, match=r"layers_hidden=\[3, 4, 1\].*input dimension 2"):
         train(cfg)
+    for widths in ("[auto,4,auto,1]", "[0,4,1]"):  # auto only at the ends
+        with pytest.raises(ValueError, match=r"model.layers_hidden.*auto"):
+            train(make_cfg(*FAST, f"model.layers_hidden={widths}"))
+
+
+@pytest.mark.parametrize("model", ["kan", "mlp"])
+def test_default_widths_follow_the_data(make_cfg, model):
+    """A 3-input formula with the default model: its first width (auto) becomes 3."""
+    cfg = make_cfg(*FAST, f"model={model}", "data=formula", "data.formula='x0*x1+sin(x2)'", "data.domain=[-1,1]")
+    record = train(cfg)
+    assert record["status"] == "completed" and math.isfinite(record["metrics"]["test/rmse"])
+    assert record["config"]["model"]["layers_hidden"] == [3, *cfg.model.layers_hidden[1:-1], 1]
 
 
 @pytest.mark.slow

@@ -59,6 +59,19 @@ def record_stages(record: dict) -> list[dict]:
     return list(node or [])
 
 
+def delivered_stage(record: dict) -> dict | None:
+    """The stage a run delivered (``GridExtension(keep_best=True)``), or ``None``."""
+    node = (record.get("callbacks") or {}).get("grid_extension") or {}
+    return node.get("delivered")
+
+
+def best_validation_stage(stages: Sequence[dict]) -> dict | None:
+    """The stage with the lowest validation RMSE (the one ``keep_best`` delivers), for runs
+    recorded with ``val`` but without ``keep_best``; ``None`` without validation RMSE."""
+    scored = [s for s in stages if _positive(s.get("val/rmse"))]
+    return min(scored, key=lambda s: s["val/rmse"]) if scored else None
+
+
 def load_stages(run_dir: str | Path) -> list[dict]:
     """The per-grid records of a run (``grid``, ``num_parameters``, ``train/rmse``, ``test/rmse``)."""
     stages = record_stages(load_record(run_dir))
@@ -129,14 +142,17 @@ def stage_table(
     the slope against grid size (``None`` when none could be fitted)."""
     ref_label, ref = reference or ("", {})
     timed = any("time_s" in s for s in stages)
-    header = [label or "grid", "parameters", "epochs", "train RMSE", "test RMSE"]
+    with_val = any("val/rmse" in s for s in stages)
+    header = [label or "grid", "parameters", "epochs", "train RMSE"] + (["val RMSE"] if with_val else []) + ["test RMSE"]
     if ref:
         header.append(f"{ref_label} test RMSE")
     if timed:
         header.append("time (s)")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for s in stages:
-        row = [str(s["grid"]), str(s["num_parameters"]), str(s.get("epoch", "—")), _cell(s.get("train/rmse")), _cell(s.get("test/rmse"))]
+        row = [str(s["grid"]), str(s["num_parameters"]), str(s.get("epoch", "—")), _cell(s.get("train/rmse"))]
+        row += [_cell(s.get("val/rmse"))] if with_val else []
+        row.append(_cell(s.get("test/rmse")))
         if ref:
             row.append(_cell(ref.get(int(s["grid"]))))
         if timed:
@@ -354,14 +370,21 @@ def run_labels(run_dirs: Sequence[Path], records: Sequence[dict]) -> list[str]:
 def _grid_extension_report(run_dirs: Sequence[Path], out: Path, name: str, x_key: str, reference, fmt: str = "png", dpi: int = DEFAULT_DPI) -> str:
     runs: dict[str, list[dict]] = {}
     walls: dict[str, float | None] = {}
+    delivereds: dict[str, dict | None] = {}
     records = [load_record(run) for run in run_dirs]
     for run, record, key in zip(run_dirs, records, run_labels(run_dirs, records)):
         runs[key] = load_stages(run)
         walls[key] = record.get("wall_time_s")
+        delivereds[key] = delivered_stage(record) or best_validation_stage(runs[key])
     parts = []
     for key, stages in runs.items():
         table, _ = stage_table(stages, label="grid", reference=reference)
-        wall = walls[key]
+        wall, delivered = walls[key], delivereds[key]
+        if delivered:
+            table += (
+                f"\n\nDelivered (lowest validation RMSE; selected on validation, never on test): grid "
+                f"{delivered['grid']}, test RMSE {_cell(delivered.get('test/rmse'))}."
+            )
         if isinstance(wall, (int, float)):
             table += f"\n\nWall time of the run (fit + test): {wall:.1f} s."
         parts.append(f"### {key}\n\n{table}" if len(runs) > 1 else table)

@@ -1,5 +1,6 @@
 """Synthetic regression data: target functions, a safe formula parser and a LightningDataModule."""
 
+from kan_lightning.data import paper_benchmarks  # registers feynman_* and special_* targets
 from kan_lightning.data.datamodule import SyntheticFunctionDataModule, make_dataset
 from kan_lightning.data.functions import (
     FUNCTIONS,

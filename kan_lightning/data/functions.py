@@ -199,6 +199,17 @@ _FUNCTIONS_1: dict[str, Callable[[Tensor], Tensor]] = {
     "arcsin": torch.asin,
     "arccos": torch.acos,
     "arctan": torch.atan,
+    "arcsinh": torch.asinh,
+    "arccosh": torch.acosh,
+    "arctanh": torch.atanh,
+    # the usual math names beside numpy's
+    "asin": torch.asin,
+    "acos": torch.acos,
+    "atan": torch.atan,
+    "asinh": torch.asinh,
+    "acosh": torch.acosh,
+    "atanh": torch.atanh,
+    "ln": torch.log,
     "sigmoid": torch.sigmoid,
     "sign": torch.sign,
     "floor": torch.floor,
@@ -209,6 +220,7 @@ _FUNCTIONS_1: dict[str, Callable[[Tensor], Tensor]] = {
 _FUNCTIONS_2: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "min": torch.minimum,
     "max": torch.maximum,
+    "pow": torch.pow,
 }
 _CONSTANTS = {"pi": math.pi, "e": math.e}
 _BINARY_OPS: dict[type, Callable[[Tensor, Tensor], Tensor]] = {

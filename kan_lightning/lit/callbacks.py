@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -197,10 +198,19 @@ class GridExtension(L.Callback):
         grid_margin: with ``use_data``, the other grids span their inputs' range widened by this
             many grid intervals per side (inputs a little past the training extremes then stay
             in the outermost fitted intervals instead of past the grid).
+        hidden_range: with ``use_data``, how the hidden grids' ranges are set: ``"margin"`` (the
+            activations' range plus ``grid_margin``) or ``"interval"`` (interval bounds over the
+            first grid's whole range, so no input from it can leave a hidden grid; see
+            :meth:`KAN.update_grid`).
         max_samples: use at most this many training inputs.
         evaluate_splits: splits (``train``, ``val``, ``test``) whose RMSE is recorded at the end
             of every stage; ``None`` or empty: none (stages still record grid and parameters).
         eval_batch_size: rows per forward pass of the stage evaluation.
+        keep_best: deliver the stage with the lowest validation RMSE: ``val`` is evaluated at
+            the end of every stage (added to ``evaluate_splits``), the network of the best stage
+            so far is kept, and at the end of fit it is restored (grid included) if a later
+            stage was worse, so a finer grid never makes the delivered model worse on
+            validation. Selection never looks at ``test``. :meth:`report` adds ``delivered``.
     """
 
     def __init__(
@@ -214,9 +224,11 @@ class GridExtension(L.Callback):
         use_data: bool = True,
         keep_input_range: bool = False,
         grid_margin: float = 0.0,
+        hidden_range: str = "margin",
         max_samples: int | None = None,
         evaluate_splits=None,
         eval_batch_size: int = 65536,
+        keep_best: bool = False,
     ) -> None:
         grids = [int(g) for g in grids]
         if not grids or any(g < 1 for g in grids):
@@ -240,11 +252,19 @@ class GridExtension(L.Callback):
         if isinstance(grid_margin, bool) or not (float(grid_margin) >= 0 and math.isfinite(float(grid_margin))):
             raise ValueError(f"grid_margin must be a finite number >= 0, got {grid_margin!r}")
         self.grid_margin = float(grid_margin)
+        from kan_lightning.nn.network import HIDDEN_RANGES
+
+        if hidden_range not in HIDDEN_RANGES:
+            raise ValueError(f"hidden_range must be one of {HIDDEN_RANGES}, got {hidden_range!r}")
+        self.hidden_range = hidden_range
         self.max_samples = max_samples
         splits = [str(v) for v in (evaluate_splits or [])]
         unknown = [v for v in splits if v not in EVAL_SPLITS]
         if unknown or len(set(splits)) != len(splits):
             raise ValueError(f"evaluate_splits must be distinct names out of {EVAL_SPLITS}, got {splits}")
+        self.keep_best = bool(keep_best)
+        if self.keep_best and "val" not in splits:
+            splits.insert(0, "val")
         self.evaluate_splits = splits
         if isinstance(eval_batch_size, bool) or int(eval_batch_size) < 1:
             raise ValueError(f"eval_batch_size must be an integer >= 1, got {eval_batch_size!r}")
@@ -257,6 +277,10 @@ class GridExtension(L.Callback):
         self._best = math.inf
         self._wait = 0
         self._pending = False
+        # keep_best: the stage record and a copy of the network's state of the best stage so far
+        self.delivered: dict | None = None
+        self._best_state: dict | None = None
+        self._best_widths: list[int] | None = None
 
     @property
     def grid_size(self) -> int:
@@ -306,7 +330,8 @@ class GridExtension(L.Callback):
         if self.use_data:
             param = next(model.parameters())
             x = _fit_inputs(trainer, batch, self.max_samples).to(device=param.device, dtype=param.dtype)
-        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range, margin=self.grid_margin)
+        extra = {"hidden_range": self.hidden_range} if self.hidden_range != "margin" else {}
+        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range, margin=self.grid_margin, **extra)
         _rebuild(pl_module)
         self.history.append(
             {
@@ -345,6 +370,42 @@ class GridExtension(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.record_stage(trainer, pl_module)
+        if self.keep_best:
+            self.restore_best(trainer, pl_module)
+
+    # -- best stage -------------------------------------------------------------------------
+
+    def _keep_if_best(self, pl_module, record: dict) -> None:
+        value = record.get("val/rmse")
+        if value is None or not math.isfinite(value):
+            return
+        model = _network(pl_module)
+        widths = list(getattr(model, "layers_hidden", []))
+        # a network pruned since the best stage cannot take its state back: only the stages of
+        # the current widths compete
+        if self.delivered is None or widths != self._best_widths or value < self.delivered["val/rmse"]:
+            self.delivered, self._best_widths = dict(record), widths
+            state = model.state_dict()
+            self._best_state = {k: v.detach().clone() for k, v in state.items()}
+
+    def restore_best(self, trainer, pl_module) -> None:
+        """Load the best stage's network (its grids too) unless the current one is it."""
+        if self.delivered is None or self._best_state is None:
+            rank_zero_info("GridExtension: keep_best found no finite validation RMSE; delivering the last stage")
+            return
+        last = self.stages[-1] if self.stages else None
+        if last is not None and last["stage"] == self.delivered["stage"] and last["step"] == self.delivered["step"]:
+            return
+        model = _network(pl_module)
+        model.load_state_dict(self._best_state)
+        if isinstance(getattr(model, "config", None), dict) and "grid_size" in model.config:
+            model.config["grid_size"] = model.grid_size
+        _rebuild(pl_module)  # the optimizers held the last stage's parameters
+        rank_zero_info(
+            f"GridExtension: delivering stage {self.delivered['stage']} (grid {self.delivered['grid']}, "
+            f"val RMSE {self.delivered['val/rmse']:.4g}); the last stage had val RMSE "
+            f"{(last or {}).get('val/rmse', math.nan):.4g}"
+        )
 
     # -- stage evaluation -------------------------------------------------------------------
 
@@ -395,6 +456,8 @@ class GridExtension(L.Callback):
             record = trainer.strategy.broadcast(record, src=0)
         record = {"stage": self.stage, **record}
         self.stages.append(record)
+        if self.keep_best:
+            self._keep_if_best(pl_module, record)
         if trainer.is_global_zero:
             metrics = {f"grid_stage/{k.replace('/', '_')}": float(v) for k, v in record.items() if k.endswith("/rmse")}
             metrics["grid_stage/num_parameters"] = float(record["num_parameters"])
@@ -408,8 +471,12 @@ class GridExtension(L.Callback):
         return record
 
     def report(self) -> dict:
-        """``{"stages": [...], "history": [...]}`` for the run record (``metrics.json``)."""
-        return {"stages": [dict(s) for s in self.stages], "history": [dict(h) for h in self.history]}
+        """``{"stages": [...], "history": [...]}`` for the run record (``metrics.json``); with
+        ``keep_best`` also ``delivered``: the record of the stage delivered (lowest val RMSE)."""
+        report = {"stages": [dict(s) for s in self.stages], "history": [dict(h) for h in self.history]}
+        if self.keep_best:
+            report["delivered"] = dict(self.delivered) if self.delivered else None
+        return report
 
     def state_dict(self) -> dict:
         return {
@@ -420,6 +487,9 @@ class GridExtension(L.Callback):
             "wait": self._wait,
             "pending": self._pending,
             "at_epochs": self.at_epochs,
+            "delivered": self.delivered,
+            "best_state": self._best_state,
+            "best_widths": self._best_widths,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -429,6 +499,9 @@ class GridExtension(L.Callback):
         self._best = state_dict.get("best", math.inf)
         self._wait = state_dict.get("wait", 0)
         self._pending = state_dict.get("pending", False)
+        self.delivered = state_dict.get("delivered")
+        self._best_state = state_dict.get("best_state")
+        self._best_widths = state_dict.get("best_widths")
         if self.at_epochs is None and self.at_steps is None and self.patience is None:
             self.at_epochs = state_dict.get("at_epochs")
 

@@ -269,6 +269,7 @@ class KANLayer(nn.Module):
         grid_size: int | None = None,
         keep_range: bool = False,
         margin: float = 0.0,
+        bounds: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """Move the knots toward the quantiles of ``x`` (``(N, in)``), keeping the functions.
 
@@ -282,6 +283,8 @@ class KANLayer(nn.Module):
         ``margin``: otherwise, widen the data's range by this many grid intervals on each side,
         so that inputs a little past the data's extremes still fall in the outermost intervals,
         whose polynomial pieces were fitted to data, rather than past the grid.
+        ``bounds``: otherwise, ``(low, high)`` per input (``(in,)``) that the range must cover
+        as well (e.g. interval bounds of where the inputs can go, :mod:`.intervals`).
         """
         if not (margin >= 0 and math.isfinite(margin)):
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
@@ -300,6 +303,9 @@ class KANLayer(nn.Module):
             if keep_range:
                 interior_now = self.grid_interior()
                 lo, hi = torch.minimum(lo, interior_now[:, :1]), torch.maximum(hi, interior_now[:, -1:])
+            elif bounds is not None:
+                lo = torch.minimum(lo, bounds[0].to(lo).reshape(-1, 1))
+                hi = torch.maximum(hi, bounds[1].to(hi).reshape(-1, 1))
             elif margin:
                 pad = margin * (hi - lo) / size
                 lo, hi = lo - pad, hi + pad

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from . import regularization as reg
+from .intervals import layer_bounds
 from .layer import KANLayer
 
 
@@ -21,6 +22,10 @@ def check_widths(layers_hidden: Sequence[int], name: str = "layers_hidden") -> l
         raise ValueError(f"{name} must list at least two positive integer widths, got {list(layers_hidden)!r}")
     return widths
 
+
+# how update_grid sizes the hidden layers' grids: the activations' range plus a margin, or
+# interval bounds over the whole input box
+HIDDEN_RANGES = ("margin", "interval")
 
 REGULARIZATION_TERMS = ("l1", "entropy", "coef_l1", "coef_entropy", "smoothness")
 
@@ -185,32 +190,54 @@ class KAN(nn.Module):
         grid_size: int | None = None,
         keep_input_range: bool = False,
         margin: float = 0.0,
+        hidden_range: str = "margin",
     ) -> None:
         """Adapt every layer's grid to the distribution of its inputs on ``x``, in order
         (optionally with ``grid_size`` intervals). ``keep_input_range``: the first layer's grid
-        keeps covering its current range (e.g. the domain the inputs were scaled to); the
-        other grids span their inputs' range widened by ``margin`` intervals per side
-        (:meth:`KANLayer.update_grid`)."""
+        keeps covering its current range (e.g. the domain the inputs were scaled to). The
+        other grids span, with ``hidden_range="margin"``, their inputs' range widened by
+        ``margin`` intervals per side (:meth:`KANLayer.update_grid`); with ``"interval"``,
+        interval bounds of their inputs over the first grid's whole range (the box of network
+        inputs the first layer covers, propagated through the refitted layers before them,
+        :mod:`.intervals`), so that no input from that box can leave a hidden grid."""
+        if hidden_range not in HIDDEN_RANGES:
+            raise ValueError(f"hidden_range must be one of {HIDDEN_RANGES}, got {hidden_range!r}")
         x = x.reshape(-1, self.in_features)
+        box = None
         for i, layer in enumerate(self.layers):
-            layer.update_grid(x, grid_eps, grid_size, keep_range=keep_input_range and i == 0, margin=margin)
+            if i == 0 or hidden_range == "margin":
+                layer.update_grid(x, grid_eps, grid_size, keep_range=keep_input_range and i == 0, margin=margin)
+            else:
+                layer.update_grid(x, grid_eps, grid_size, bounds=box)
+            if hidden_range == "interval":
+                if i == 0:
+                    interior = layer.grid_interior()
+                    box = (interior[:, 0], interior[:, -1])
+                box = layer_bounds(layer, *box)
             x = layer(x)
         self.config["grid_size"] = self.grid_size
 
     @torch.no_grad()
     def extend_grid(
-        self, new_grid_size: int, x: Tensor | None = None, keep_input_range: bool = False, margin: float = 0.0
+        self,
+        new_grid_size: int,
+        x: Tensor | None = None,
+        keep_input_range: bool = False,
+        margin: float = 0.0,
+        hidden_range: str = "margin",
     ) -> None:
         """Refine every layer's grid to ``new_grid_size`` intervals, keeping the functions.
 
         Without ``x`` each grid keeps its range and the splines are preserved there (exactly
         when the new grid contains the old knots). With ``x`` (pykan's ``refine``) each layer's
         new grid is fitted to its inputs on ``x``, which also preserves the functions where
-        hidden activations have left the grid range; ``keep_input_range`` and ``margin`` as in
-        :meth:`update_grid`.
+        hidden activations have left the grid range; ``keep_input_range``, ``margin`` and
+        ``hidden_range`` as in :meth:`update_grid`.
         """
         if x is not None:
-            self.update_grid(x, grid_size=new_grid_size, keep_input_range=keep_input_range, margin=margin)
+            self.update_grid(
+                x, grid_size=new_grid_size, keep_input_range=keep_input_range, margin=margin, hidden_range=hidden_range
+            )
             return
         for layer in self.layers:
             layer.extend_grid(new_grid_size)

@@ -1,0 +1,121 @@
+"""Why a grid-extension run's test error rose: diagnostics of a saved KAN on its run's data.
+
+    python -m kan_lightning.analysis.grid_diagnostics <run dir> [--ckpt last.ckpt] [--refit G]
+        [--margins 0.5,1,2.5]
+
+Rebuilds the run's data (``metrics.json``'s config) and network (the checkpoint) and prints:
+
+- the test points with an input off some layer's grid range, and their share of the squared
+  error (off the grid the B-splines run out);
+- per layer and input, the condition number of the least-squares matrix that refits the splines
+  on the training inputs (large: grid intervals with too few training points, where a refit or
+  training can swing between them);
+- with ``--refit G``: the test RMSE right after refitting to ``G`` intervals on the training
+  inputs (no training), for each hidden-grid margin and for ``hidden_range=interval``, which
+  separates what the refit does from what training on the new grid does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from kan_lightning.analysis.grid_extension import load_record
+
+
+def load_run(run_dir: str | Path, ckpt: str = "last.ckpt"):
+    """``(network, datamodule)`` of a finished run, in float64."""
+    from kan_lightning.data import SyntheticFunctionDataModule
+    from kan_lightning.nn import KAN
+
+    config = load_record(run_dir)["config"]
+    data = {k: v for k, v in config["data"].items() if k != "_target_"}
+    datamodule = SyntheticFunctionDataModule(**data)
+    datamodule.setup()
+    model_cfg = {k: v for k, v in config["model"].items() if k != "_target_"}
+    model = KAN(**model_cfg).double()
+    state = torch.load(Path(run_dir) / "checkpoints" / ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
+    return model, datamodule
+
+
+@torch.no_grad()
+def off_grid(model, x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` with an input off some layer's grid range."""
+    out = torch.zeros(x.shape[0], dtype=torch.bool)
+    for layer in model.layers:
+        interior = layer.grid_interior()
+        out |= ((x < interior[:, 0]) | (x > interior[:, -1])).any(-1)
+        x = layer(x)
+    return out
+
+
+@torch.no_grad()
+def refit_conditions(model, x: torch.Tensor) -> list[list[float]]:
+    """Per layer and input: condition number of the training inputs' B-spline matrix."""
+    from kan_lightning.nn.splines import bspline_basis_reference
+
+    conditions = []
+    for layer in model.layers:
+        bases = bspline_basis_reference(x, layer.grid, layer.spline_order)  # (N, in, G + k)
+        values = [torch.linalg.svdvals(bases[:, i, :]) for i in range(layer.in_features)]
+        conditions.append([float(s[0] / s[-1]) if s[-1] > 0 else float("inf") for s in values])
+        x = layer(x)
+    return conditions
+
+
+def _rmse(model, x, y) -> float:
+    with torch.no_grad():
+        return float((model(x) - y).pow(2).mean().sqrt())
+
+
+def report(run_dir: str | Path, ckpt: str = "last.ckpt", refit: int | None = None, margins: Sequence[float] = (0.5, 1, 2.5)) -> str:
+    model, data = load_run(run_dir, ckpt)
+    x_train, x_test, y_test = data.x_train.double(), data.x_test.double(), data.y_test.double()
+    with torch.no_grad():
+        err = (model(x_test) - y_test).pow(2).squeeze(-1)
+    off = off_grid(model, x_test)
+    share = float(err[off].sum() / err.sum()) if err.sum() > 0 else 0.0
+    rest = float(err[~off].mean().sqrt()) if (~off).any() else float("nan")
+    lines = [
+        f"{run_dir} ({ckpt}): G = {model.grid_size}, test RMSE {float(err.mean().sqrt()):.3g} (normalized units)",
+        f"  {int(off.sum())} test points off a grid carry {100 * share:.1f}% of the squared error; RMSE of the rest {rest:.3g}",
+    ]
+    for l, conds in enumerate(refit_conditions(model, x_train)):
+        lines.append(f"  layer {l}: refit condition number per input " + ", ".join(f"{c:.1e}" for c in conds))
+    if refit:
+        cells = []
+        for margin in margins:
+            m = copy.deepcopy(model)
+            m.extend_grid(refit, x=x_train, keep_input_range=True, margin=float(margin))
+            cells.append(f"margin {margin:g}: {_rmse(m, x_test, y_test):.3g}")
+        m = copy.deepcopy(model)
+        m.extend_grid(refit, x=x_train, keep_input_range=True, hidden_range="interval")
+        cells.append(f"interval: {_rmse(m, x_test, y_test):.3g}")
+        lines.append(f"  test RMSE right after a refit to G = {refit}: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kan_lightning.analysis.grid_diagnostics", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("--ckpt", default="last.ckpt")
+    parser.add_argument("--refit", type=int, default=None)
+    parser.add_argument("--margins", default="0.5,1,2.5")
+    args = parser.parse_args(argv)
+    try:
+        margins = [float(v) for v in args.margins.split(",")]
+        print(report(args.run, args.ckpt, args.refit, margins))
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
