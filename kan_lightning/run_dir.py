@@ -37,7 +37,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from kan_lightning.config_checks import ConfigError
+from kan_lightning.config_checks import ConfigError, data_widths
 
 LOCK_FILE = ".run.lock"
 RECORD_FILES = ("metrics.json", "metrics.json.tmp", "error.txt")
@@ -113,12 +113,23 @@ def _check(cfg: DictConfig, output_dir: Path, overwrite: bool, launching: bool) 
     return None
 
 
+def _resolve_auto_widths(new_model: Any, stored_model: Any) -> None:
+    """An ``auto`` end of ``model.layers_hidden`` means the data's dimension, which the run
+    recorded resolved (the data config is compared on its own)."""
+    if not (isinstance(new_model, dict) and isinstance(stored_model, dict)):
+        return
+    new, old = new_model.get("layers_hidden"), stored_model.get("layers_hidden")
+    if isinstance(new, list) and isinstance(old, list) and new and old:
+        new_model["layers_hidden"] = data_widths(new, old[0], old[-1])
+
+
 def check_same_run(stored: dict[str, Any] | None, cfg: DictConfig, what: str) -> None:
     """Refuse to continue a run (``stored``: its resolved config) with another model or data
     config, naming every differing key and both values. Nothing stored: nothing to compare."""
     if not isinstance(stored, dict):
         return
     new = OmegaConf.to_container(cfg, resolve=True)
+    _resolve_auto_widths(new.get("model"), stored.get("model"))
     changes = []
     for section in ("model", "data"):
         if not isinstance(stored.get(section), dict):

@@ -85,11 +85,29 @@ def job_name(task_overrides: Sequence[str], keys: Sequence[str], number: int | s
     return name
 
 
+def names_may_repeat(sweep_dir: str | Path | None) -> bool:
+    """Whether two jobs of the multirun could get the same name: a swept key that never names a
+    job (``ckpt_path=last,<file>``) or a value listed twice (``max_epochs=100,2,2``)."""
+    spec = _sweep_spec(sweep_dir) if sweep_dir else None
+    if spec is None:
+        return False
+    try:
+        sweeps = [o for o in _parse(spec[0]) if o.is_sweep_override()]
+    except Exception:  # an override we cannot re-read: assume the worst
+        return True
+    for override in sweeps:
+        values = list(override.sweep_string_iterator())
+        if override.key_or_group.split(".", 1)[0] in NOT_IN_NAMES or len(values) != len(set(values)):
+            return True
+    return False
+
+
 def job_dirname(sweep_dir: str, number: int, task_overrides: Sequence[str], numbered: bool = False) -> str:
     """A multirun job's directory name (the ``kan_job_dir`` resolver of ``hydra.sweep.subdir``);
-    ``numbered`` puts the job number first, for sweepers that may repeat a combination."""
+    ``numbered`` puts the job number first, for sweepers that may repeat a combination (so does
+    a sweep whose names may repeat), keeping every job's directory its own."""
     task = [str(o) for o in task_overrides]
     name = job_name(task, swept_keys(sweep_dir, task), number)
-    if numbered and name != str(number):
+    if (numbered or names_may_repeat(sweep_dir)) and name != str(number):
         name = f"{number}_{name}"
     return name

@@ -37,6 +37,24 @@ def test_job_names_from_swept_overrides(tmp_path):
     assert len(long) < 130 and long.endswith("...4")
 
 
+@pytest.mark.parametrize("task,number,expected", [
+    (["model.grid_size=3,5", "ckpt_path=last,a.ckpt"], 1, "1_grid_size=3"),  # ckpt_path never names
+    (["trainer.max_epochs=100,2,2"], 2, "2_max_epochs=2"),  # a value listed twice
+    (["model.grid_size=3,5", "ckpt_path=last"], 1, "grid_size=5"),  # one value: names stay unique
+])
+def test_job_names_that_could_repeat_carry_the_job_number(tmp_path, task, number, expected):
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task}}}))
+    # what the basic sweeper gives job `number`: the cartesian product, last key fastest
+    from itertools import product
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(task)
+    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()] for o in parsed]
+    job = [f"{o.key_or_group}={v}" for o, v in zip(parsed, list(product(*values))[number])]
+    assert job_dirname(str(tmp_path), number, job) == expected
+
+
 def test_optuna_sweeper_params_count_as_swept(tmp_path):
     spec = {"hydra": {"overrides": {"task": ["hparams_search=optuna"]}, "sweeper": {"params": {"optimizer.lr": "interval(1e-3, 1e-1)"}}}}
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(spec))

@@ -65,6 +65,13 @@ def record(job_dir: Path) -> dict:
     return json.loads((job_dir / "metrics.json").read_text())
 
 
+def job(sweep: Path, number: int) -> Path:
+    """Job ``number``'s directory: its number, or the number and its swept values, e.g.
+    ``1_grid_size=3`` where two jobs share their named values."""
+    found = [p for p in sweep.glob(f"{number}*") if p.is_dir() and (p.name == str(number) or p.name.startswith(f"{number}_"))]
+    return found[0] if len(found) == 1 else sweep / f"no single directory for job {number}"
+
+
 def sweep_summary(cluster: LocalSlurm, sweep_dir: Path) -> str:
     out = kan_train(cluster, sweep_dir, str(sweep_dir), "--no-plot", module="kan_lightning.analysis.sweeps", timeout=120)
     assert out.returncode == 0, out.stderr
@@ -85,10 +92,10 @@ def test_cpu_sweep_as_a_job_array_with_a_failing_job(slurm, tmp_path):
     script = next(sweep.glob(".submitit/*/*_submission.sh")).read_text()
     for line in ("--array=0-3%4", "--cpus-per-task=1", "--mem=2GB", "--gpus-per-node=0", "--partition=debug", "--signal=USR2@120"):
         assert f"#SBATCH {line}\n" in script, line
-    statuses = [record(sweep / str(job))["status"] for job in range(4)]
+    statuses = [record(job(sweep, n))["status"] for n in range(4)]
     assert statuses == ["completed", "failed", "completed", "failed"]
-    assert [record(sweep / str(job))["config"]["model"]["grid_size"] for job in range(4)] == [3, 3, 5, 5]
-    assert record(sweep / "1")["error"].startswith(f"ConfigError: ckpt_path='{corrupt}' cannot be resumed from")
+    assert [record(job(sweep, n))["config"]["model"]["grid_size"] for n in range(4)] == [3, 3, 5, 5]
+    assert record(job(sweep, 1))["error"].startswith(f"ConfigError: ckpt_path='{corrupt}' cannot be resumed from")
     summary = sweep_summary(slurm, sweep)
     assert summary.count("**FAILED**") == 2 and "cannot be resumed from" in summary
 
@@ -137,7 +144,7 @@ def test_scancel_of_a_running_and_a_pending_job_ends_the_sweep(slurm, tmp_path):
     try:
         _wait_for(lambda: len(_submitted_ids(log)) == 3, 120, "the submission")
         running, _, pending = _submitted_ids(log)
-        _wait_for(lambda: (sweep / "0" / "checkpoints" / "last.ckpt").exists(), 180, "job 0 to train")
+        _wait_for(lambda: (job(sweep, 0) / "checkpoints" / "last.ckpt").exists(), 180, "job 0 to train")
         for job_id in (pending, running):
             subprocess.run(["scancel", job_id], env=slurm.env, check=True, timeout=30)
         controller.wait(timeout=240)
@@ -147,11 +154,11 @@ def test_scancel_of_a_running_and_a_pending_job_ends_the_sweep(slurm, tmp_path):
             controller.wait()
     text = log.read_text()
     assert controller.returncode == 1, text[-3000:]  # it ended, reporting the cancelled jobs
-    cancelled = record(sweep / "0")
+    cancelled = record(job(sweep, 0))
     assert cancelled["status"] == "cancelled" and cancelled["slurm"] == {"job_id": running, "state": "CANCELLED", "log": cancelled["slurm"]["log"]}
     assert cancelled["error"].startswith("interrupted by SIGTERM") and Path(cancelled["checkpoint"]).is_file()
-    assert record(sweep / "1")["status"] == "completed"
-    never_ran = record(sweep / "2")
+    assert record(job(sweep, 1))["status"] == "completed"
+    never_ran = record(job(sweep, 2))
     assert never_ran["status"] == "cancelled" and never_ran["error"] == "cancelled before it started"
     assert "trainer.max_epochs=2" in never_ran["overrides"]
     assert f"SLURM job {running} (#0:" in text and "ended cancelled (CANCELLED)" in text
@@ -172,9 +179,9 @@ def test_time_limit_requeues_and_resumes_from_last_checkpoint(slurm, tmp_path):
     )
     print(f"requeued job: {time.monotonic() - start:.0f} s")
     assert out.returncode == 0, out.stderr[-3000:]
-    done = record(sweep / "0")
+    done = record(job(sweep, 0))
     assert done["status"] == "completed"
-    assert done["resumed_from"] == str(sweep / "0" / "checkpoints" / "last.ckpt")
+    assert done["resumed_from"] == str(job(sweep, 0) / "checkpoints" / "last.ckpt")
     job_log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
     requeues = set(re.findall(r"Requeued job \S+ \((\d+) remaining timeouts\)", job_log))
     print(f"requeues: {len(requeues)}")
