@@ -35,6 +35,9 @@ NOT_RUN = {
     "sweeps/guide_suite/results": "Results: needs the full sweep",
     "sweeps/paper_grid_extension/results": "Results: needs the full sweep",
     "--scaling": "Results: needs the full sweeps",
+    "sweeps/toy_margin": "Results: needs the full runs",
+    "experiment=feynman": "Results: hours of CPU; tests/test_paper_benchmarks.py runs the preset short",
+    "sweeps/feynman_reduced": "Results: needs the full sweeps",
 }
 
 
@@ -102,7 +105,9 @@ def _fill_placeholders(words: list[str], cwd: Path) -> list[str]:
         match = re.search(r"([\w./=-]*?)<time>", word)
         if match:
             prefix = word[word.index("=") + 1 if "=" in word.split("<time>")[0] else 0 : match.end() - len("<time>")]
-            runs = sorted((cwd / prefix).iterdir(), key=lambda p: p.stat().st_mtime)
+            # <time> is a run's timestamp directory (not, say, an Optuna study's folder beside it)
+            stamped = [p for p in (cwd / prefix).iterdir() if re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", p.name)]
+            runs = sorted(stamped, key=lambda p: p.stat().st_mtime)
             word = word.replace(f"{prefix}<time>", f"{prefix}{runs[-1].name}")
         filled.append(word)
     return filled
