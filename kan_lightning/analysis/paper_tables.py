@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from kan_lightning.analysis.grid_extension import delivered_stage, find_runs, load_record
-from kan_lightning.data.paper_benchmarks import FEYNMAN, FEYNMAN_COLUMNS, SPECIAL, SPECIAL_COLUMNS, Benchmark
+from kan_lightning.data.paper_benchmarks import FEYNMAN, FEYNMAN_COLUMNS, SPECIAL, SPECIAL_COLUMNS
 
 FAMILIES = ("kan", "kan_pruned", "mlp")
 # our family -> the paper's column it is compared with
