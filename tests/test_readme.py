@@ -38,6 +38,8 @@ NOT_RUN = {
     "sweeps/toy_margin": "Results: needs the full runs",
     "experiment=feynman": "Results: hours of CPU; tests/test_paper_benchmarks.py runs the preset short",
     "sweeps/feynman_reduced": "Results: needs the full sweeps",
+    "experiment=special_functions": "Results: hours of CPU at the paper's protocol; tests/test_paper_benchmarks.py composes it",
+    "sweeps/special_reduced": "Results: needs the full sweeps",
 }
 
 
