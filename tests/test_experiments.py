@@ -89,13 +89,18 @@ def _compose_with_hydra(*overrides: str):
         GlobalHydra.instance().clear()
 
 
-def test_stage_evaluation_matches_direct_rmse(tmp_path):
+def _toy_lbfgs_run():
+    """The paper's toy on 300 points and a KAN [2, 3, 1] with full-batch LBFGS, seeded."""
     L.seed_everything(0, verbose=False)
     data = SyntheticFunctionDataModule(
         function="paper_exp_sin", n_samples=300, split=(0.5, 0.2, 0.3), batch_size="full", seed=3,
         normalize_targets=True,
     )
-    module = KANRegressor(KAN([2, 3, 1], grid_size=3), optimizer=lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"))
+    return data, KANRegressor(KAN([2, 3, 1], grid_size=3), optimizer=lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"))
+
+
+def test_stage_evaluation_matches_direct_rmse(tmp_path):
+    data, module = _toy_lbfgs_run()
     extension = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], evaluate_splits=["train", "val", "test"])
     snapshot = Snapshot([2, 4])
     csv_logger = L.pytorch.loggers.CSVLogger(tmp_path, name="csv", version="")
@@ -142,12 +147,7 @@ class SpoilLastStage(L.Callback):
 
 
 def test_keep_best_delivers_the_best_validation_stage(tmp_path):
-    L.seed_everything(0, verbose=False)
-    data = SyntheticFunctionDataModule(
-        function="paper_exp_sin", n_samples=300, split=(0.5, 0.2, 0.3), batch_size="full", seed=3,
-        normalize_targets=True,
-    )
-    module = KANRegressor(KAN([2, 3, 1], grid_size=3), optimizer=lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"))
+    data, module = _toy_lbfgs_run()
     extension = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], evaluate_splits=["test"], keep_best=True)
     snapshot = Snapshot([4])
     trainer = L.Trainer(
