@@ -14,7 +14,7 @@ to their jobs.
   job once every job has finished, and ``kan-sweep-summary`` lists it.
 
 The resolvers ``kan_slurm_gpus``, ``kan_slurm_cpus`` and ``kan_slurm_mem_gb`` size the request from
-the trainer and data settings (registered by ``kan_lightning.conf``).
+the trainer and data settings (registered by ``kan_lightning.resolvers``).
 """
 
 from __future__ import annotations

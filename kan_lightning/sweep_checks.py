@@ -28,6 +28,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from kan_lightning.config_checks import ConfigError, validate_config
+import kan_lightning.resolvers  # noqa: F401  (registers the configs' resolvers)
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 CONFIG_ERROR_EXIT = 2  # as kan-train's own config errors

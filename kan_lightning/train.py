@@ -51,6 +51,7 @@ from kan_lightning.lit import KANRegressor
 from kan_lightning.lit.checkpoint import check_state_matches, config_targets, load_plain, read_checkpoint
 from kan_lightning.lit.hparams import hydra_context, log_run
 from kan_lightning.lit.safety import TrainingDiverged, TrainingInterrupted, raise_on_sigterm
+import kan_lightning.resolvers  # noqa: F401  (registers the configs' resolvers)
 from kan_lightning.logs import start_logs, summary_line
 from kan_lightning.resources import check_resources
 from kan_lightning.run_dir import RunDirRefused, check_same_run, claim

@@ -10,6 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import kan_lightning.resolvers  # noqa: F401  (the configs' kan_* resolvers, as every command registers them)
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 

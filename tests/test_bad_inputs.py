@@ -33,11 +33,11 @@ from conftest import compose_config  # noqa: E402
 from kan_lightning.analysis.sweeps import load_job  # noqa: E402
 from kan_lightning.api import KANTrainer, create_dataset, load_model  # noqa: E402
 from kan_lightning.config_checks import ConfigError, resolved_container, validate_config  # noqa: E402
-from kan_lightning.evaluate import evaluate  # noqa: E402
+from kan_lightning.commands.evaluate import evaluate  # noqa: E402
 from kan_lightning.lit.checkpoint import ALLOWED_TARGETS, read_checkpoint  # noqa: E402
 from kan_lightning.nn import KAN  # noqa: E402
 from kan_lightning.resources import check_resources, estimate_memory  # noqa: E402
-from kan_lightning.symbolic import symbolic_from_checkpoint  # noqa: E402
+from kan_lightning.commands.symbolic import symbolic_from_checkpoint  # noqa: E402
 
 MARKER = "pwned"  # what a payload that ran would have written
 
@@ -536,7 +536,7 @@ def test_a_good_checkpoint_still_evaluates(tmp_path):
 
 def test_sweep_summary_keeps_the_other_rows(tmp_path):
     """One malformed job is one row with an error; the good job's row and the table stay."""
-    from kan_lightning.analysis.sweeps import main
+    from kan_lightning.commands.sweep_summary import main
 
     sweep = tmp_path / "sweep"
     for job, (make, _) in enumerate(SWEEP_JOBS):
@@ -661,7 +661,7 @@ def test_cli_exits_2_with_one_line(module, args, expected, tmp_path):
 def test_cli_crafted_checkpoint_runs_nothing(tmp_path):
     path = _crafted(tmp_path, _set("kan_lightning", "run_config", "data", "domain",
                                    value=_node("sympy.parsing.sympy_parser.parse_expr", s=f"__import__('os').system('touch {tmp_path / MARKER}')")))
-    for module in ("kan_lightning.evaluate", "kan_lightning.symbolic"):
+    for module in ("kan_lightning.commands.evaluate", "kan_lightning.commands.symbolic"):
         result = _cli(module, f"ckpt_path={path}", f"hydra.run.dir={tmp_path / module}", cwd=tmp_path)
         assert result.returncode == 2, result.stderr[-2000:]
         assert "run_config.data.domain._target_='sympy.parsing.sympy_parser.parse_expr'" in result.stderr

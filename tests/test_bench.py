@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from kan_lightning import bench, bench_peers
+from kan_lightning.commands import bench, bench_peers
 from kan_lightning.nn import KAN, fused
 
 TINY = ["--shapes", "3,4,2:5", "--batch", "16", "--repeats", "1", "--warmup", "0"]

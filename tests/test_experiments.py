@@ -19,17 +19,18 @@ import torch
 import yaml
 from hydra.utils import instantiate
 
-from kan_lightning.analysis import grid_extension as ge
+from kan_lightning.analysis import grid_extension_report as ge
+from kan_lightning.commands import grid_extension_report as ge_cli
 from kan_lightning.analysis.scaling import kan_parameter_count, matching_mlp_widths, mlp_parameter_count
-from kan_lightning.analysis.sweeps import (
+from kan_lightning.analysis.sweep_groups import (
     grouped_markdown,
     grouped_table,
-    load_sweep,
-    main as sweep_main,
     mean_std,
     pivot_markdown,
     write_grouped_summary,
 )
+from kan_lightning.analysis.sweeps import load_sweep
+from kan_lightning.commands.sweep_summary import main as sweep_main
 from kan_lightning.data import SyntheticFunctionDataModule
 from kan_lightning.lit import GridExtension, KANRegressor
 from kan_lightning.nn import KAN
@@ -226,7 +227,7 @@ def test_paper_grid_extension_reduced_run_and_report(make_cfg, tmp_path):
     assert record["metrics"]["test/rmse"] == pytest.approx(delivered["test/rmse"], rel=1e-6)
 
     out = tmp_path / "report"
-    assert ge.main([str(tmp_path), "--out", str(out), "--reference", "pykan=3:1.5e-3,5:7.3e-4,10:2.2e-4"]) == 0
+    assert ge_cli.main([str(tmp_path), "--out", str(out), "--reference", "pykan=3:1.5e-3,5:7.3e-4,10:2.2e-4"]) == 0
     text = (out / "grid_extension.md").read_text()
     assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 3  # header + 3 grids
     assert f"Delivered (lowest validation RMSE; selected on validation, never on test): grid {delivered['grid']}" in text
@@ -271,7 +272,7 @@ def test_paper_scaling_reduced_runs_and_figure(make_cfg, tmp_path):
     assert [(s.kind, s.label, len(s.points)) for s in series] == [("KAN", "KAN [2, 1, 1]", 2), ("MLP", "MLP depth 1", 1), ("MLP", "MLP depth 2", 1)]
     assert series[2].points[0]["num_parameters"] == mlp_parameter_count([2, 8, 8, 1])
     out = tmp_path / "fig"
-    assert ge.main(["--scaling", str(tmp_path), "--out", str(out)]) == 0
+    assert ge_cli.main(["--scaling", str(tmp_path), "--out", str(out)]) == 0
     text = (out / "paper_scaling.md").read_text()
     assert "### KAN [2, 1, 1]" in text and "### MLPs" in text and "[2, 8, 8, 1]" in text
     assert (out / "paper_scaling.png").stat().st_size > 1000

@@ -11,9 +11,11 @@ import pytest
 import yaml
 from matplotlib.collections import PolyCollection
 
-from kan_lightning.analysis import grid_extension as ge
+from kan_lightning.analysis import grid_extension_report as ge
 from kan_lightning.analysis.labels import label
-from kan_lightning.analysis.sweeps import load_sweep, main as sweep_main, sweep_figures
+from kan_lightning.analysis.sweep_plots import sweep_figures
+from kan_lightning.analysis.sweeps import load_sweep
+from kan_lightning.commands.sweep_summary import main as sweep_main
 
 # test RMSE per (grid size, seed)
 RESULTS = {(3, 1): 0.30, (3, 2): 0.34, (3, 3): 0.26, (10, 1): 0.02, (10, 2): 0.03, (10, 3): 0.025, (100, 1): 0.004, (100, 2): 0.006, (100, 3): 0.005}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kan_lightning import bench
+from kan_lightning.commands import bench, bench_layer
 from kan_lightning.nn import KANLayer, fused, kernels
 from kan_lightning.nn.kernels import choose_contraction, local_bases, spline_contract
 from kan_lightning.nn.splines import bspline_basis_reference, bspline_local, extend_knots, uniform_grid
@@ -262,7 +262,7 @@ def test_saves_little_for_backward() -> None:
     for grid_size in (5, 30):
         fast = KANLayer(16, 16, grid_size=grid_size)
         ref = KANLayer(16, 16, grid_size=grid_size, basis="reference")
-        assert bench.saved_bytes(fast, x) <= 0.5 * bench.saved_bytes(ref, x)
+        assert bench_layer.saved_bytes(fast, x) <= 0.5 * bench_layer.saved_bytes(ref, x)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

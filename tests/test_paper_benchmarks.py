@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from kan_lightning.analysis import paper_tables as pt
+from kan_lightning.analysis.grid_extension_report import find_runs
+from kan_lightning.commands import paper_tables as pt_cli
 from kan_lightning.data import FUNCTIONS
 from kan_lightning.data.paper_benchmarks import BENCHMARKS, FEYNMAN, SPECIAL
 from kan_lightning.train import train
@@ -88,11 +90,11 @@ def test_collect_picks_by_validation_not_test(tmp_path, capsys):
     _record(tmp_path, "c", "feynman_I.6.2", val=1e-5, test=5e-6, callbacks=("grid_extension", "pruning"))
     _record(tmp_path, "d", "feynman_I.6.2", val=1e-4, test=2e-4, target="kan_lightning.nn.MLP")
     _record(tmp_path, "e", "guide_example", val=1e-9, test=1e-9)  # not a benchmark: ignored
-    ours = pt.collect(pt.find_runs([tmp_path]), "feynman")
+    ours = pt.collect(find_runs([tmp_path]), "feynman")
     assert ours == {"I.6.2": {"kan": 9e-5, "kan_pruned": 5e-6, "mlp": 2e-4}}
-    assert pt.main(["feynman", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    assert pt_cli.main(["feynman", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     assert "**0 of 1**" in (tmp_path / "out" / "feynman.md").read_text()
-    assert pt.main(["feynman", str(tmp_path / "missing")]) == 2
+    assert pt_cli.main(["feynman", str(tmp_path / "missing")]) == 2
     assert "error: no such run" in capsys.readouterr().err
 
 
@@ -124,6 +126,7 @@ def test_feynman_preset_reduced_run(make_cfg, tmp_path):
     delivered = record["callbacks"]["grid_extension"]["delivered"]
     assert record["metrics"]["test/rmse"] == pytest.approx(delivered["test/rmse"], rel=1e-6)
     from kan_lightning.analysis import grid_diagnostics as gd
+    from kan_lightning.commands import grid_diagnostics as gd_cli
 
     model, data = gd.load_run(tmp_path)
     assert model.grid_size == 6 and model.layers_hidden == [3, 5, 1]
@@ -133,11 +136,11 @@ def test_feynman_preset_reduced_run(make_cfg, tmp_path):
     assert [len(c) for c in conditions] == [3, 5] and all(c >= 1 for row in conditions for c in row)
     text = gd.report(tmp_path, refit=12, margins=[0.5])
     assert "G = 6" in text and "refit to G = 12: margin 0.5:" in text and "interval:" in text
-    assert gd.main([str(tmp_path / "missing")]) == 2
+    assert gd_cli.main([str(tmp_path / "missing")]) == 2
 
 
 def test_best_validation_stage_for_runs_without_keep_best():
-    from kan_lightning.analysis.grid_extension import best_validation_stage
+    from kan_lightning.analysis.grid_extension_report import best_validation_stage
 
     stages = [{"grid": 5, "val/rmse": 3e-4}, {"grid": 20, "val/rmse": 1e-4, "test/rmse": 2e-4}, {"grid": 50, "val/rmse": 2e-4}]
     assert best_validation_stage(stages)["grid"] == 20

@@ -37,7 +37,7 @@ def test_plot_layer_edges_one_axes_per_edge(model_and_x, tmp_path):
 
 
 def test_plot_layer_edges_overlays_fits(model_and_x):
-    from kan_lightning.analysis.symbolic import SymbolicEdge
+    from kan_lightning.analysis.formulas import SymbolicEdge
 
     model, x = model_and_x
     fit = SymbolicEdge("sin", 1.0, 0.0, 1.0, 0.0, 0.9, 2)

@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 
 from kan_lightning.config_checks import ConfigError, instantiate_node, validate_config
 from kan_lightning.data.datamodule import EpochShuffleSampler, ResumableDataLoader
-from kan_lightning.evaluate import evaluate
+from kan_lightning.commands.evaluate import evaluate
 from kan_lightning.lit.checkpoint import read_checkpoint
 from kan_lightning.lit.safety import TrainingDiverged, TrainingInterrupted
 from kan_lightning.train import train
@@ -382,7 +382,7 @@ def test_cli_unknown_key_is_refused_by_hydra(tmp_path):
 def test_cli_eval_corrupt_checkpoint_exits_2(tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x00\x01 not a checkpoint")
-    result = _cli(f"ckpt_path={garbage}", f"hydra.run.dir={tmp_path / 'eval'}", module="kan_lightning.evaluate", cwd=tmp_path)
+    result = _cli(f"ckpt_path={garbage}", f"hydra.run.dir={tmp_path / 'eval'}", module="kan_lightning.commands.evaluate", cwd=tmp_path)
     assert result.returncode == 2
     assert f"error: cannot read checkpoint '{garbage}' (corrupt or truncated?)" in result.stderr
     assert "Traceback" not in result.stderr

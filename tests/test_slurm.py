@@ -73,7 +73,7 @@ def job(sweep: Path, number: int) -> Path:
 
 
 def sweep_summary(cluster: LocalSlurm, sweep_dir: Path) -> str:
-    out = kan_train(cluster, sweep_dir, str(sweep_dir), "--no-plot", module="kan_lightning.analysis.sweeps", timeout=120)
+    out = kan_train(cluster, sweep_dir, str(sweep_dir), "--no-plot", module="kan_lightning.commands.sweep_summary", timeout=120)
     assert out.returncode == 0, out.stderr
     return (sweep_dir / "summary.md").read_text()
 

@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kan_lightning.analysis.sweep_plots import plot_sweep, use_log_scale
 from kan_lightning.analysis.sweeps import (
     load_sweep,
-    main,
     parse_overrides,
-    plot_sweep,
     summary_markdown,
     swept_parameters,
-    use_log_scale,
     write_summary,
 )
+from kan_lightning.commands.sweep_summary import main
 
 
 def _job(sweep: Path, name: str, overrides: list[str], status: str | None = None, metrics: dict | None = None, **files: str) -> Path:
@@ -182,7 +181,7 @@ def test_real_multirun_summary(tmp_path):
         record = json.loads((sweep_dir / job / "metrics.json").read_text())
         assert record["status"] == "completed" and record["job"] == number
 
-    cli = [sys.executable, "-m", "kan_lightning.analysis.sweeps", str(sweep_dir)]
+    cli = [sys.executable, "-m", "kan_lightning.commands.sweep_summary", str(sweep_dir)]
     result = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     md = (sweep_dir / "summary.md").read_text()

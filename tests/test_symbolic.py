@@ -13,7 +13,7 @@ import pytest
 import sympy
 import torch
 
-from kan_lightning.analysis import symbolic as sym
+from kan_lightning.analysis import formulas as sym
 from kan_lightning.nn import KAN, fit_coefficients
 
 X0, X1 = sympy.symbols("x0 x1")
@@ -284,7 +284,7 @@ def test_symbolic_config_composes(make_cfg):
 
 
 def test_symbolic_from_checkpoint_writes_files(make_cfg, tmp_path):
-    from kan_lightning.symbolic import symbolic_from_checkpoint
+    from kan_lightning.commands.symbolic import symbolic_from_checkpoint
     from kan_lightning.train import train
 
     train_dir = tmp_path / "train"
@@ -320,7 +320,7 @@ def test_symbolic_from_checkpoint_writes_files(make_cfg, tmp_path):
 def test_paper_toy_end_to_end_with_normalized_data(make_cfg, tmp_path):
     """train(experiment=paper_toy, [2, 1, 1], float64, normalized inputs and targets), then
     kan-symbolic: the formula is exact in the original units."""
-    from kan_lightning.symbolic import symbolic_from_checkpoint
+    from kan_lightning.commands.symbolic import symbolic_from_checkpoint
     from kan_lightning.train import train
 
     train_dir = tmp_path / "train"

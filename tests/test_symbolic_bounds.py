@@ -10,7 +10,7 @@ import pytest
 import sympy
 import torch
 
-from kan_lightning.analysis import symbolic as sym
+from kan_lightning.analysis import formulas as sym
 from kan_lightning.nn import KAN
 
 

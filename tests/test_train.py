@@ -11,7 +11,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from kan_lightning.evaluate import evaluate
+from kan_lightning.commands.evaluate import evaluate
 from kan_lightning.train import train
 
 FAST = ["debug=fast", "trainer.enable_progress_bar=false"]

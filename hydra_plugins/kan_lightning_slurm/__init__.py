@@ -11,3 +11,7 @@ if _SlurmLauncher is not None:
 
     class SlurmLauncher(_SlurmLauncher):
         __doc__ = _SlurmLauncher.__doc__
+
+# A SLURM job unpickles this launcher before composing nothing more: the run config it resolves
+# there needs the kan_* resolvers (imported last: it registers this very class).
+import kan_lightning.resolvers  # noqa: E402,F401

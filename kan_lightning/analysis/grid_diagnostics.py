@@ -1,6 +1,6 @@
 """Why a grid-extension run's test error rose: diagnostics of a saved KAN on its run's data.
 
-    python -m kan_lightning.analysis.grid_diagnostics <run dir> [--ckpt last.ckpt] [--refit G]
+    python -m kan_lightning.commands.grid_diagnostics <run dir> [--ckpt last.ckpt] [--refit G]
         [--margins 0.5,1,2.5]
 
 Rebuilds the run's data (``metrics.json``'s config) and network (the checkpoint) and prints:
@@ -17,15 +17,13 @@ Rebuilds the run's data (``metrics.json``'s config) and network (the checkpoint)
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from kan_lightning.analysis.grid_extension import load_record
+from kan_lightning.analysis.grid_extension_report import load_record
 
 
 def load_run(run_dir: str | Path, ckpt: str = "last.ckpt"):
@@ -99,23 +97,3 @@ def report(run_dir: str | Path, ckpt: str = "last.ckpt", refit: int | None = Non
         cells.append(f"interval: {_rmse(m, x_test, y_test):.3g}")
         lines.append(f"  test RMSE right after a refit to G = {refit}: " + "; ".join(cells))
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kan_lightning.analysis.grid_diagnostics", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run")
-    parser.add_argument("--ckpt", default="last.ckpt")
-    parser.add_argument("--refit", type=int, default=None)
-    parser.add_argument("--margins", default="0.5,1,2.5")
-    args = parser.parse_args(argv)
-    try:
-        margins = [float(v) for v in args.margins.split(",")]
-        print(report(args.run, args.ckpt, args.refit, margins))
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

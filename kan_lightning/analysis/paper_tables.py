@@ -1,6 +1,6 @@
 """Our runs of the KAN paper's benchmarks beside the paper's tables.
 
-    python -m kan_lightning.analysis.paper_tables feynman|special <run or sweep dir> [...] [--out DIR] [--name NAME]
+    python -m kan_lightning.commands.paper_tables feynman|special <run or sweep dir> [...] [--out DIR] [--name NAME]
 
 finds every completed run below the given directories (``experiment=feynman`` or
 ``experiment=special_functions``, KAN or MLP, pruned or not), sorts each into a family (``kan``,
@@ -16,13 +16,11 @@ at or below the paper.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kan_lightning.analysis.grid_extension import delivered_stage, find_runs, load_record
+from kan_lightning.analysis.grid_extension_report import delivered_stage, load_record
 from kan_lightning.data.paper_benchmarks import FEYNMAN, FEYNMAN_COLUMNS, SPECIAL, SPECIAL_COLUMNS
 
 FAMILIES = ("kan", "kan_pruned", "mlp")
@@ -121,31 +119,3 @@ def markdown(ours: Mapping[str, Mapping[str, float]], table: str) -> str:
         "depths 2-6 and 3 seeds. ✓: ours at or below the paper."
     )
     return "\n".join(lines) + "\n"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kan_lightning.analysis.paper_tables", description=__doc__.split("\n\n")[0])
-    parser.add_argument("table", choices=sorted(TABLES))
-    parser.add_argument("runs", nargs="+", help="run or sweep directories")
-    parser.add_argument("--out", default=None, help="folder for <name>.md (default: print only)")
-    parser.add_argument("--name", default=None, help="file name stem (default: the table)")
-    args = parser.parse_args(argv)
-    missing = [r for r in args.runs if not Path(r).exists()]
-    if missing:
-        print(f"error: no such run or sweep directory: {missing[0]}", file=sys.stderr)
-        return 2
-    runs = find_runs(args.runs)
-    if not runs:
-        print(f"error: no metrics.json below {', '.join(args.runs)}", file=sys.stderr)
-        return 2
-    text = markdown(collect(runs, args.table), args.table)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{args.name or args.table}.md").write_text(text)
-    print(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

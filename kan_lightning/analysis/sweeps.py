@@ -1,7 +1,7 @@
 """Read a Hydra multirun directory into a table (CSV + Markdown) and plots.
 
 ``kan-sweep-summary sweeps/<task>/<time> [--metric test/rmse] [--no-plot]``
-(or ``python -m kan_lightning.analysis.sweeps ...``) writes ``summary.csv``, ``summary.md`` and
+(or ``python -m kan_lightning.commands.sweep_summary ...``) writes ``summary.csv``, ``summary.md`` and
 one ``summary_<param>.png`` per swept parameter into the sweep directory (``--format pdf|svg``,
 ``--dpi N``); jobs that differ only in their seed are drawn as mean ± std.
 
@@ -18,12 +18,9 @@ read here: no Lightning or Hydra import.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import re
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -109,7 +106,7 @@ def _job_error(job_dir: Path) -> str | None:
     return None
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -166,8 +163,8 @@ def _fill_row(row: dict[str, Any], job_dir: Path) -> None:
     if not isinstance(metrics, dict):
         row["status"], row["error"] = "failed", f"{METRICS_FILE}: 'metrics' is a {type(metrics).__name__}, not a mapping"
         metrics = {}
-    metrics = {str(k): v for k, v in metrics.items() if _is_number(v)}
-    metrics.update({k: record[k] for k in EXTRA_METRICS if _is_number(record.get(k))})
+    metrics = {str(k): v for k, v in metrics.items() if is_number(v)}
+    metrics.update({k: record[k] for k in EXTRA_METRICS if is_number(record.get(k))})
     row["metrics"] = metrics
 
     # A completed job's log may hold a handled traceback: look for errors only in the others.
@@ -217,15 +214,15 @@ def summary_table(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None 
     ]
 
 
-def _finite(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
+def is_finite(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
 
 
 def sort_records(records: Sequence[dict[str, Any]], sort_by: str) -> list[dict[str, Any]]:
     """Completed jobs by ``sort_by`` ascending; jobs that failed or lack the metric last."""
     def key(item: tuple[int, dict[str, Any]]) -> tuple:
         index, record = item
-        ok = record["status"] == COMPLETED and _finite(record.get(sort_by))
+        ok = record["status"] == COMPLETED and is_finite(record.get(sort_by))
         return (0, record[sort_by], index) if ok else (1, 0.0, index)
 
     return [record for _, record in sorted(enumerate(records), key=key)]
@@ -286,312 +283,3 @@ def write_summary(sweep_dir: str | Path, rows: Sequence[dict[str, Any]], metrics
         writer.writerows(records)  # floats as repr: round-trips exactly
     md_path.write_text(summary_markdown(sweep_dir, rows, metrics, sort_by))
     return csv_path, md_path
-
-
-# ---------------------------------------------------------------------------------------------
-# Grouped tables (mean and std over seeds)
-
-
-def _split_keys(text: str | None) -> list[str]:
-    return [k.strip() for k in (text or "").split(",") if k.strip()]
-
-
-def grouping_keys(rows: Sequence[dict[str, Any]], group_by: Sequence[str], aggregate: Sequence[str] | None = None) -> list[str]:
-    """``group_by`` plus, when ``aggregate`` is given, every other swept key that is not
-    aggregated over (so a sweep over seeds and learning rates, aggregated over seeds only,
-    keeps one row per learning rate)."""
-    keys = list(dict.fromkeys(group_by))
-    if aggregate is not None:
-        keys += [k for k in swept_parameters(rows) if k not in keys and k not in aggregate]
-    return keys
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``n - 1``; NaN for a single value)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = math.fsum(values) / n
-    if n == 1:
-        return mean, math.nan
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-
-
-def grouped_table(
-    rows: Sequence[dict[str, Any]],
-    group_by: Sequence[str],
-    aggregate: Sequence[str] | None = None,
-    metrics: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """One record per group (first-appearance order): the group's key values, ``jobs``,
-    ``completed``, for each ``aggregate`` key the values seen (``"1,2,3"``), and for each metric
-    ``<metric>_mean``, ``<metric>_std`` over the completed jobs with a finite value (``n - 1``
-    standard deviation), and ``<metric>_n`` (how many values went in)."""
-    if not group_by:
-        raise ValueError("group_by needs at least one override key")
-    keys = grouping_keys(rows, group_by, aggregate)
-    metrics = list(metrics) if metrics is not None else default_metrics(rows)
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row["overrides"].get(k) for k in keys), []).append(row)
-    records = []
-    for values, members in groups.items():
-        done = [r for r in members if r["status"] == COMPLETED]
-        record: dict[str, Any] = dict(zip(keys, values))
-        record["jobs"] = len(members)
-        record["completed"] = len(done)
-        for key in aggregate or []:
-            seen = list(dict.fromkeys(r["overrides"].get(key) for r in members))
-            record[key] = ",".join(format_value(v) for v in seen)
-        for metric in metrics:
-            finite = [float(r["metrics"][metric]) for r in done if _finite(r["metrics"].get(metric))]
-            mean, std = mean_std(finite)
-            record[f"{metric}_mean"], record[f"{metric}_std"], record[f"{metric}_n"] = mean, std, len(finite)
-        records.append(record)
-    return records
-
-
-def format_mean_std(mean: float, std: float) -> str:
-    """``1.23e-04 ± 4.5e-05``; just the mean when the spread is 0 (parameter counts) or unknown."""
-    if not _finite(mean):
-        return "—"
-    if float(mean).is_integer() and (std == 0 or not _finite(std)) and abs(mean) < 1e15:
-        return str(int(mean))
-    if not _finite(std):
-        return f"{mean:.3g}"
-    if std == 0:
-        return f"{mean:.4g}"
-    return f"{mean:.3g} ± {std:.2g}"
-
-
-def grouped_markdown(records: Sequence[dict[str, Any]], metrics: Sequence[str], title: str | None = None, note: str | None = None) -> str:
-    """The grouped records as Markdown: key columns, job counts, ``mean ± std`` per metric."""
-    if not records:
-        return ""
-    stat_suffixes = ("_mean", "_std", "_n")
-    plain = [c for c in records[0] if not any(c == f"{m}{s}" for m in metrics for s in stat_suffixes)]
-    header = plain + [f"{m} (mean ± std)" for m in metrics]
-    lines = [f"# {title}\n" if title else "", f"{note}\n" if note else ""]
-    lines = [line for line in lines if line]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    for record in records:
-        cells = [format_value(record[c]) for c in plain]
-        cells += [format_mean_std(record[f"{m}_mean"], record[f"{m}_std"]) for m in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def pivot_markdown(records: Sequence[dict[str, Any]], row_key: str, column_key: str, metric: str) -> str:
-    """``metric`` as ``mean ± std`` with one row per ``row_key`` value and one column per
-    ``column_key`` value (e.g. functions x models)."""
-    row_values = list(dict.fromkeys(r.get(row_key) for r in records))
-    col_values = list(dict.fromkeys(r.get(column_key) for r in records))
-    cell = {(r.get(row_key), r.get(column_key)): format_mean_std(r[f"{metric}_mean"], r[f"{metric}_std"]) for r in records}
-    lines = [
-        "| " + " | ".join([row_key, *(format_value(c) for c in col_values)]) + " |",
-        "|" + "|".join("---" for _ in range(len(col_values) + 1)) + "|",
-    ]
-    for rv in row_values:
-        lines.append("| " + " | ".join([format_value(rv), *(cell.get((rv, cv), "—") for cv in col_values)]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_grouped_summary(
-    sweep_dir: str | Path,
-    rows: Sequence[dict[str, Any]],
-    group_by: Sequence[str],
-    aggregate: Sequence[str] | None = None,
-    metrics: Sequence[str] | None = None,
-) -> tuple[Path, Path]:
-    """Write ``summary_grouped.csv`` (full precision) and ``summary_grouped.md``."""
-    sweep_dir = Path(sweep_dir)
-    metrics = list(metrics) if metrics is not None else default_metrics(rows)
-    records = grouped_table(rows, group_by, aggregate, metrics)
-    keys = grouping_keys(rows, group_by, aggregate)
-    csv_path, md_path = sweep_dir / "summary_grouped.csv", sweep_dir / "summary_grouped.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else [*keys, "jobs", "completed"])
-        writer.writeheader()
-        writer.writerows(records)
-    over = ", ".join(aggregate) if aggregate else "the other jobs of each group"
-    extra = [k for k in keys if k not in group_by]
-    note = (
-        f"{len(rows)} jobs in {len(records)} groups by {', '.join(keys)}"
-        + (f" ({', '.join(extra)} added: swept but not aggregated)" if extra else "")
-        + f"; mean ± sample std (n - 1) over {over}, completed jobs only."
-    )
-    title = f"Sweep {'/'.join(sweep_dir.resolve().parts[-2:])}, grouped"
-    md_path.write_text(grouped_markdown(records, metrics, title=title, note=note))
-    return csv_path, md_path
-
-
-# ---------------------------------------------------------------------------------------------
-# Plots
-
-
-def use_log_scale(values: Iterable[Any], factor: float = 20.0) -> bool:
-    """Log axis when every value is a positive number and they span more than ``factor``."""
-    values = list(values)
-    if not values or not all(_finite(v) and v > 0 for v in values):
-        return False
-    return max(values) / min(values) > factor
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^\w.\-]+", "_", name)
-
-
-def plot_sweep(
-    sweep_dir: str | Path, rows: Sequence[dict[str, Any]], metric: str = "test/rmse", fmt: str = "png", dpi: int = 150,
-    aggregate: Sequence[str] = ("seed",),
-) -> list[Path]:
-    """Save the figures of :func:`sweep_figures` as ``summary_<param>.<fmt>`` into the sweep
-    directory; returns the paths."""
-    from kan_lightning.analysis.figures import save
-
-    figures = sweep_figures(rows, metric, aggregate)
-    return [save(fig, Path(sweep_dir) / f"summary_{_safe_name(param)}.{fmt}", dpi) for param, fig in figures.items()]
-
-
-def sweep_figures(rows: Sequence[dict[str, Any]], metric: str = "test/rmse", aggregate: Sequence[str] = ("seed",)) -> dict[str, Any]:
-    """One figure per swept parameter: ``metric`` against it, one series per combination of
-    the other swept parameters. Jobs that differ only in an ``aggregate`` key (the seed) make
-    one point: their mean, with a band (numeric x) or error bar (categorical x) of ± one
-    standard deviation. Categorical x values are not joined by lines. Labels are words
-    (``test RMSE``, ``grid size G``); axes are logarithmic where values span decades, and
-    their limits follow the data."""
-    # Figure + the Agg canvas directly: no pyplot, no global backend switch, never a window.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    from kan_lightning.analysis.figures import limit_to_data
-    from kan_lightning.analysis.labels import label
-
-    swept = swept_parameters(rows)
-    over = [p for p in swept if p in aggregate]
-    params = [p for p in swept if p not in over]
-    points = [row for row in rows if _finite(row["metrics"].get(metric))]
-    figures = {}
-    for param in params:
-        used = [row for row in points if row["overrides"].get(param) is not None]
-        if not used:
-            continue
-        xs = [row["overrides"][param] for row in used]
-        numeric = all(_is_number(x) for x in xs)
-        categories = list(dict.fromkeys(map(str, xs)))  # first-appearance order
-
-        others = [p for p in params if p != param]
-        series: dict[tuple, dict[Any, list[float]]] = {}
-        for row, x in zip(used, xs):
-            group = tuple(row["overrides"].get(p) for p in others)
-            key = x if numeric else categories.index(str(x))
-            series.setdefault(group, {}).setdefault(key, []).append(row["metrics"][metric])
-
-        log_y = use_log_scale(row["metrics"][metric] for row in used)
-        fig = Figure(figsize=(6, 4), layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        shown: list[float] = []
-        width = 0.6 / max(len(series), 1)  # categorical: series side by side around each tick
-        for index, (group, by_x) in enumerate(series.items()):
-            keys = sorted(by_x)
-            stats = [mean_std(by_x[k]) for k in keys]
-            means = [m for m, _ in stats]
-            stds = [0.0 if math.isnan(sd) else sd for _, sd in stats]
-            lows = [max(m - sd, m / 10) if log_y else m - sd for m, sd in zip(means, stds)]
-            highs = [m + sd for m, sd in zip(means, stds)]
-            shown += lows + highs
-            name = ", ".join(f"{label(p)} = {v}" for p, v in zip(others, group)) or None
-            if numeric:
-                line = ax.plot(keys, means, marker="o", label=name)[0]
-                if any(stds):
-                    ax.fill_between(keys, lows, highs, color=line.get_color(), alpha=0.2, linewidth=0)
-            else:
-                offset = (index - (len(series) - 1) / 2) * width
-                errors = [[m - lo for m, lo in zip(means, lows)], [hi - m for m, hi in zip(means, highs)]]
-                ax.errorbar([k + offset for k in keys], means, yerr=errors if any(stds) else None, fmt="o", capsize=3, label=name)
-        if numeric and use_log_scale(xs):
-            ax.set_xscale("log")
-        elif numeric and all(isinstance(x, int) for x in xs):  # grid sizes, widths: no 3.25 ticks
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if not numeric:
-            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 4 else 0)
-            ax.set_xlim(-0.5, len(categories) - 0.5)
-        if log_y:
-            ax.set_yscale("log")
-        limit_to_data(ax, shown, log_y)
-        ax.set_xlabel(label(param))
-        seeds = f" (mean ± std over {', '.join(label(p) for p in over)})" if over else ""
-        ax.set_ylabel(label(metric) + seeds)
-        ax.grid(True, which="both", alpha=0.3)
-        if others:
-            ax.legend(fontsize="small")
-        figures[param] = fig
-    return figures
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from kan_lightning.analysis.figures import add_figure_args
-
-    parser = argparse.ArgumentParser(prog="kan-sweep-summary", description="Summarize a Hydra multirun directory (sweeps/<task>/<time>/).")
-    parser.add_argument("sweep_dir", type=Path, help="the multirun directory holding one sub-directory per job")
-    parser.add_argument("--metric", default="test/rmse", help="metric to sort the table by and to plot (default: test/rmse)")
-    parser.add_argument("--no-plot", action="store_true", help="write only summary.csv and summary.md")
-    add_figure_args(parser)
-    parser.add_argument(
-        "--metrics",
-        help="comma-separated metric columns (default: every test/* and val/* metric, parameters, wall time)",
-    )
-    parser.add_argument(
-        "--group-by",
-        help="comma-separated override keys (e.g. data.function,model): also write summary_grouped.md/csv "
-        "with the mean ± std of every metric per group",
-    )
-    parser.add_argument(
-        "--aggregate",
-        help="comma-separated override keys averaged over within a group (e.g. seed); other swept keys "
-        "are then grouped by too (default: average over everything not grouped by)",
-    )
-    args = parser.parse_args(argv)
-    metrics = _split_keys(args.metrics) or None
-    group_by, aggregate = _split_keys(args.group_by), _split_keys(args.aggregate) or None
-    if aggregate and not group_by:
-        parser.error("--aggregate needs --group-by")
-
-    if not args.sweep_dir.is_dir():
-        print(f"kan-sweep-summary: error: {args.sweep_dir} is not a directory", file=sys.stderr)
-        return 2
-    rows = load_sweep(args.sweep_dir)
-    if not rows:
-        print(
-            f"kan-sweep-summary: error: no jobs in {args.sweep_dir} (expected sub-directories "
-            f"with {OVERRIDES_FILE.as_posix()} or {METRICS_FILE}; is this a multirun directory?)",
-            file=sys.stderr,
-        )
-        return 1
-    if not any(args.metric in row["metrics"] for row in rows):
-        print(f"kan-sweep-summary: warning: no job reports {args.metric!r}", file=sys.stderr)
-
-    _, md_path = write_summary(args.sweep_dir, rows, metrics=metrics, sort_by=args.metric)
-    print(md_path.read_text(), end="")
-    if group_by:
-        unknown = [k for k in [*group_by, *(aggregate or [])] if not any(k in row["overrides"] for row in rows)]
-        if unknown:
-            print(f"kan-sweep-summary: warning: no job has the override(s) {', '.join(unknown)}", file=sys.stderr)
-        _, grouped_path = write_grouped_summary(args.sweep_dir, rows, group_by, aggregate, metrics)
-        print()
-        print(grouped_path.read_text(), end="")
-    if not args.no_plot:
-        for path in plot_sweep(args.sweep_dir, rows, args.metric, args.format, args.dpi, aggregate or ("seed",)):
-            print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -39,9 +39,19 @@ ALLOWED_TARGETS = frozenset(
         "kan_lightning.data.datamodule.SyntheticFunctionDataModule",
         *(
             f"kan_lightning.lit.callbacks.{name}"
-            for name in ("GradientStats", "GridExtension", "GridUpdate", "LastCheckpoint", "Pruning", "RegularizationSchedule")
+            for name in (
+                "DivergenceGuard",
+                "GracefulShutdown",
+                "GradientStats",
+                "GridExtension",
+                "GridUpdate",
+                "LastCheckpoint",
+                "Pruning",
+                "RegularizationSchedule",
+            )
         ),
         "kan_lightning.lit.edge_plots.EdgePlots",
+        # where run configs written before the callbacks package named the two safeguards
         "kan_lightning.lit.safety.DivergenceGuard",
         "kan_lightning.lit.safety.GracefulShutdown",
         "kan_lightning.lit.schedulers.warmup_cosine",
@@ -220,3 +230,40 @@ def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path) -> nn.Module:
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     model.load_state_dict(state)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The data of a checkpoint's run (kan-eval, kan-symbolic)
+
+SPLITS = ("train", "val", "test")
+
+
+def datamodule_from_checkpoint(checkpoint: dict[str, Any], data_overrides: dict | None = None):
+    """The data of the run that wrote ``checkpoint`` (its config, seed and normalization),
+    with ``data_overrides`` merged over its config.
+
+    The stored config is data: its ``_target_`` must name this package's data module, which is
+    then built from the plain values alone (nothing named in the file is imported or called)."""
+    from omegaconf import OmegaConf
+
+    from kan_lightning.config_checks import DATA_TARGETS
+    from kan_lightning.data import SyntheticFunctionDataModule
+
+    meta = checkpoint.get("kan_lightning")
+    run_config = meta.get("run_config") if isinstance(meta, dict) else None
+    if not isinstance(run_config, dict) or not isinstance(run_config.get("data"), dict):
+        raise ValueError("checkpoint has no run config to rebuild its data from")
+    data_cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(run_config["data"]), data_overrides or {}), resolve=True)
+    check_stored_targets({"run_config": {"data": data_cfg}}, "checkpoint")
+    target = data_cfg.pop("_target_", None)
+    if target not in DATA_TARGETS:
+        raise ValueError(f"run_config.data._target_={target!r} is not kan-lightning's data module; cannot rebuild the data")
+    for key in [k for k in data_cfg if k.startswith("_") and k.endswith("_")]:
+        del data_cfg[key]
+    check_stored_targets({"run_config": {"data": data_cfg}}, "checkpoint", allowed=())  # plain values: no nested targets
+    datamodule = build_from_plain(SyntheticFunctionDataModule, data_cfg, "run_config.data")
+    datamodule.setup("test")
+    state = checkpoint.get(type(datamodule).__qualname__)
+    if state and not data_overrides:
+        datamodule.load_state_dict(state)  # the exact normalization used in training
+    return datamodule

@@ -119,7 +119,7 @@ class KANRegressor(L.LightningModule):
         """Whether a grid-update callback will adapt the grids to the data in this fit."""
         for callback in self.trainer.callbacks:
             every, stop = getattr(callback, "every_n_steps", None), getattr(callback, "stop_step", None)
-            if type(callback).__name__ == "GridUpdate" and every and stop is not None and stop > self.trainer.global_step:
+            if getattr(callback, "adapts_grids_to_data", False) and every and stop is not None and stop > self.trainer.global_step:
                 return True
         return False
 
@@ -246,7 +246,7 @@ class KANRegressor(L.LightningModule):
     # -- checkpoints ------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Enough to rebuild the network without the training config (see kan_lightning.evaluate).
+        # Enough to rebuild the network without the training config (see kan_lightning.commands.evaluate).
         checkpoint["kan_lightning"] = {
             "model_class": f"{type(self.model).__module__}.{type(self.model).__qualname__}",
             "model_config": dict(getattr(self.model, "config", {})),

@@ -57,7 +57,7 @@ from .splines import extend_knots
 
 CONTRACTIONS = ("auto", "dense", "local", "fused")
 
-# When the local contraction wins, from `python -m kan_lightning.bench` measurements (CPU, one
+# When the local contraction wins, from `python -m kan_lightning.commands.bench` measurements (CPU, one
 # thread, k = 3, fwd+bwd, x requiring grad): pairs (minimum N * in, minimum (G + k) / (k + 1)),
 # the first pair whose size matches applies; below the last size dense always wins (per-op
 # overhead dominates). Batch 1024: [64, 64, 64] local/dense = 1.14 at G = 5, 0.84 at G = 10;

@@ -1,11 +1,10 @@
-"""Evaluate a checkpoint on its data: ``kan-eval ckpt_path=...`` or ``python -m kan_lightning.evaluate``."""
+"""Evaluate a checkpoint on its data: ``kan-eval ckpt_path=...`` or ``python -m kan_lightning.commands.evaluate``."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
@@ -13,38 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import kan_lightning.resolvers  # noqa: F401  (registers the configs' resolvers)
 from kan_lightning.lit import KANRegressor
-from kan_lightning.config_checks import DATA_TARGETS
-from kan_lightning.data import SyntheticFunctionDataModule
-from kan_lightning.lit.checkpoint import build_from_plain, check_stored_targets, model_from_checkpoint, read_checkpoint
-
-SPLITS = ("train", "val", "test")
-
-
-def datamodule_from_checkpoint(checkpoint: dict[str, Any], data_overrides: dict | None = None):
-    """The data of the run that wrote ``checkpoint`` (its config, seed and normalization),
-    with ``data_overrides`` merged over its config.
-
-    The stored config is data: its ``_target_`` must name this package's data module, which is
-    then built from the plain values alone (nothing named in the file is imported or called)."""
-    meta = checkpoint.get("kan_lightning")
-    run_config = meta.get("run_config") if isinstance(meta, dict) else None
-    if not isinstance(run_config, dict) or not isinstance(run_config.get("data"), dict):
-        raise ValueError("checkpoint has no run config to rebuild its data from")
-    data_cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(run_config["data"]), data_overrides or {}), resolve=True)
-    check_stored_targets({"run_config": {"data": data_cfg}}, "checkpoint")
-    target = data_cfg.pop("_target_", None)
-    if target not in DATA_TARGETS:
-        raise ValueError(f"run_config.data._target_={target!r} is not kan-lightning's data module; cannot rebuild the data")
-    for key in [k for k in data_cfg if k.startswith("_") and k.endswith("_")]:
-        del data_cfg[key]
-    check_stored_targets({"run_config": {"data": data_cfg}}, "checkpoint", allowed=())  # plain values: no nested targets
-    datamodule = build_from_plain(SyntheticFunctionDataModule, data_cfg, "run_config.data")
-    datamodule.setup("test")
-    state = checkpoint.get(type(datamodule).__qualname__)
-    if state and not data_overrides:
-        datamodule.load_state_dict(state)  # the exact normalization used in training
-    return datamodule
+from kan_lightning.lit.checkpoint import SPLITS, datamodule_from_checkpoint, model_from_checkpoint, read_checkpoint
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""From a checkpoint to a formula: ``kan-symbolic ckpt_path=...`` or ``python -m kan_lightning.symbolic``.
+"""From a checkpoint to a formula: ``kan-symbolic ckpt_path=...`` or ``python -m kan_lightning.commands.symbolic``.
 
 Fits every edge of the checkpoint's KAN to a library of symbolic functions, composes them into a
 sympy formula in the run's original units (inputs and targets denormalized), refits the formula's
@@ -18,11 +18,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from kan_lightning.analysis import symbolic as sym
+import kan_lightning.resolvers  # noqa: F401  (registers the configs' resolvers)
+from kan_lightning.analysis import formulas as sym
 from kan_lightning.analysis.figures import FORMATS
 from kan_lightning.analysis.plots import plot_network, save_figure
-from kan_lightning.evaluate import SPLITS, datamodule_from_checkpoint
-from kan_lightning.lit.checkpoint import model_from_checkpoint, read_checkpoint
+from kan_lightning.lit.checkpoint import SPLITS, datamodule_from_checkpoint, model_from_checkpoint, read_checkpoint
 
 FORMULA_TXT = "formula.txt"
 FORMULA_JSON = "formula.json"

@@ -1,36 +1,19 @@
-"""Speed and memory benchmarks: ``python -m kan_lightning.bench`` (or ``kan-bench``).
-
-``--mode layer`` times forward and forward+backward of KANs against the reference KAN (full-grid
-Cox-de Boor with autograd through the recursion), an MLP of the same widths, the dense-matmul
-floor and the other KAN libraries (:mod:`kan_lightning.bench_peers`; a missing one is reported),
-for every combination of the batch sizes, thread counts and dtypes asked for. ``--mode e2e``
-times a training step of a small KAN under a Lightning Trainer against a bare PyTorch loop.
-
-Example::
-
-    python -m kan_lightning.bench --shapes "64,64,64:5 256,256:50" --repeats 20 --json bench.json
-    kan-bench --batch 64,1024,4096 --threads 1,all --dtype float32,float64
-"""
+"""``kan-bench --mode layer``: forward and forward+backward times and memory of KAN variants,
+the reference KAN, an MLP, the dense-matmul floor and other KAN libraries on one shape."""
 
 from __future__ import annotations
 
-import argparse
-import copy
-import json
 import statistics
 import time
-import warnings
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import bench_peers
-from .nn import KAN, MLP
-from .nn.kernels import choose_contraction
+from kan_lightning.nn import KAN, MLP
+from kan_lightning.nn.kernels import choose_contraction
 
-DEFAULT_SHAPES = "64,64,64:5 64,64,64:20 256,256:5 256,256:50"
+from . import bench_peers
 
 TIMES_CAPTION = (
     "Median wall time (ms) over the repeats after warm-up, variants interleaved round-robin in one "
@@ -49,83 +32,6 @@ MEMORY_CAPTION = {
     "cuda": "Memory (MiB): `torch.cuda.max_memory_allocated` during fwd+bwd minus the memory allocated before it.",
 }
 
-
-# -- arguments ---------------------------------------------------------------------------------
-
-
-def parse_shapes(text: str) -> list[tuple[list[int], int]]:
-    """``"64,64,64:5 256,256:50"`` -> ``[([64, 64, 64], 5), ([256, 256], 50)]``."""
-    shapes = []
-    for item in text.replace(";", " ").split():
-        try:
-            widths, grid = item.split(":")
-            parsed = ([int(w) for w in widths.split(",")], int(grid))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"shape {item!r} is not 'w0,w1,...:G'") from None
-        if len(parsed[0]) < 2 or min(parsed[0]) < 1 or parsed[1] < 1:
-            raise argparse.ArgumentTypeError(f"shape {item!r} needs two or more widths >= 1 and G >= 1")
-        shapes.append(parsed)
-    if not shapes:
-        raise argparse.ArgumentTypeError("no shapes given")
-    return shapes
-
-
-def _list_of(convert: Callable[[str], object], what: str) -> Callable[[str], list]:
-    def parse(text: str) -> list:
-        try:
-            items = [convert(v.strip()) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
-        if not items:
-            raise argparse.ArgumentTypeError(f"no {what} given")
-        return items
-
-    return parse
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-def _threads(text: str) -> int | None:
-    """``"all"`` -> ``None`` (every core torch sees at start), else a count >= 1."""
-    return None if text == "all" else _positive(text)
-
-
-def _dtype(text: str) -> str:
-    if text not in ("float32", "float64"):
-        raise ValueError(text)
-    return text
-
-
-def _peer(text: str) -> str:
-    if text not in bench_peers.PEERS and text != "none":
-        raise ValueError(text)
-    return text
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kan-bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=("layer", "e2e"), default="layer")
-    p.add_argument("--shapes", type=parse_shapes, default=parse_shapes(DEFAULT_SHAPES),
-                   help=f"space-separated 'widths:grid' items (default: '{DEFAULT_SHAPES}')")
-    p.add_argument("--batch", type=_list_of(_positive, "batch sizes"), default=[1024],
-                   help="comma-separated batch sizes (default: 1024)")
-    p.add_argument("--order", type=int, default=3, help="spline order k")
-    p.add_argument("--dtype", type=_list_of(_dtype, "dtypes (float32, float64)"), default=["float32"],
-                   help="comma-separated: float32, float64 (default: float32)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=_list_of(_threads, "thread counts or 'all'"), default=None,
-                   help="comma-separated torch.set_num_threads values, 'all' = every core (default: unchanged)")
-    p.add_argument("--peers", type=_list_of(_peer, "peer names"), default=list(bench_peers.PEERS),
-                   help=f"other KAN libraries to time, or 'none' (default: {','.join(bench_peers.PEERS)})")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the results here")
-    return p
 
 
 # -- variants ----------------------------------------------------------------------------------
@@ -174,9 +80,8 @@ def _make_variants(widths, grid, order, batch, dtype, device, peers=()) -> tuple
         for layer in first.layers:
             layer.spline_weight.normal_(0, (layer.in_features * (order + 1)) ** -0.5)
     for contraction in ("auto", "dense", "local", "fused"):
-        model = copy.deepcopy(first)
-        for layer in model.layers:
-            layer.contraction = contraction
+        model = KAN(widths, grid_size=grid, spline_order=order, contraction=contraction).to(device=device, dtype=dtype)
+        model.load_state_dict(first.state_dict())
         variants[f"fast-{contraction}"] = model
     variants["reference"] = KAN(widths, grid_size=grid, spline_order=order, basis="reference").to(device=device, dtype=dtype)
     variants["mlp"] = MLP(widths).to(device=device, dtype=dtype)
@@ -193,7 +98,7 @@ def _make_variants(widths, grid, order, batch, dtype, device, peers=()) -> tuple
 # -- measurements ------------------------------------------------------------------------------
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
@@ -218,10 +123,10 @@ def _step_fns(model: nn.Module, x: Tensor) -> tuple[Callable[[], None], Callable
 
 
 def _timed(fn: Callable[[], None], device: str) -> float:
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync_device(device)
     return time.perf_counter() - start
 
 
@@ -377,152 +282,3 @@ def run_layer(args) -> dict:
     return {"mode": "layer", "results": results, "markdown": markdown + ("\n\n" + peers if peers else "")}
 
 
-# -- end to end --------------------------------------------------------------------------------
-
-
-def _e2e_data(n: int, dtype, device) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 2 - 1
-    y = torch.exp(torch.sin(torch.pi * x[:, :1]) + x[:, 1:] ** 2)
-    return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
-
-
-def _bare_loop(model: nn.Module, x: Tensor, y: Tensor, steps: int, device: str) -> list[float]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.mse_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _minimal_module(model: nn.Module):
-    """A LightningModule whose training step is the bare loop's (MSE, no logging, no metrics):
-    the floor of any Lightning loop. (Lightning is imported only in e2e mode.)"""
-    import lightning as L
-
-    class Minimal(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def training_step(self, batch, batch_idx):
-            return F.mse_loss(self.model(batch[0]), batch[1])
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-    return Minimal()
-
-
-def _lightning_steps(module, x: Tensor, y: Tensor, steps: int, device: str) -> list[float]:
-    """Wall time between consecutive training-batch starts of a Lightning fit of ``module``
-    (full batch, so one step per epoch: epoch-end work is included, as it is in such a run)."""
-    import lightning as L
-    from torch.utils.data import DataLoader
-
-    from .data.datamodule import BatchedTensorDataset, keep_batch
-
-    starts: list[float] = []
-
-    class StepClock(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            _sync(device)
-            starts.append(time.perf_counter())
-
-    loader = DataLoader(BatchedTensorDataset(x, y), batch_size=x.shape[0], collate_fn=keep_batch)
-    trainer = L.Trainer(
-        max_steps=steps + 1,
-        accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[StepClock()],
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(module, train_dataloaders=loader)
-    return [b - a for a, b in zip(starts[:-1], starts[1:])]
-
-
-def run_e2e(args) -> dict:
-    """A KAN [2, 5, 1] (G = 5) trained full-batch on 1000 points with Adam: seconds per step
-    in a bare loop, under a Lightning Trainer with a minimal LightningModule (Lightning's own
-    per-step cost) and with KANRegressor (no logger/checkpoints/progress bar/summary; its
-    metrics and logging on top), each on an identical copy of the model."""
-    from .lit import KANRegressor
-
-    dtype = getattr(torch, args.dtype[0])
-    if args.threads:
-        torch.set_num_threads(args.threads[0] or torch.get_num_threads())
-    torch.manual_seed(0)
-    x, y = _e2e_data(1000, dtype, args.device)
-    model = KAN([2, 5, 1], grid_size=5, spline_order=args.order).to(device=args.device, dtype=dtype)
-    steps = args.warmup + args.repeats
-    regressor = KANRegressor(copy.deepcopy(model), optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
-    times = {
-        "lightning_ms": _lightning_steps(regressor, x, y, steps, args.device),
-        "minimal_lightning_ms": _lightning_steps(_minimal_module(copy.deepcopy(model)), x, y, steps, args.device),
-        "bare_ms": _bare_loop(copy.deepcopy(model), x, y, steps, args.device),
-    }
-    rec = {name: 1e3 * statistics.median(t[args.warmup :]) for name, t in times.items()}
-    rec["ratio"] = rec["lightning_ms"] / rec["bare_ms"]
-    rec["minimal_ratio"] = rec["minimal_lightning_ms"] / rec["bare_ms"]
-    markdown = "\n".join(
-        [
-            "Median wall time per training step (ms): KAN [2,5,1], G=5, 1000 points full batch, Adam; "
-            "Lightning: time between consecutive batch starts (includes epoch-end work). The minimal "
-            "LightningModule does the bare loop's step (no metrics, no logging): Lightning's own cost.",
-            "",
-            "| KANRegressor | minimal LightningModule | bare loop | KANRegressor / bare | minimal / bare |",
-            "|---:|---:|---:|---:|---:|",
-            f"| {rec['lightning_ms']:.2f} | {rec['minimal_lightning_ms']:.2f} | {rec['bare_ms']:.2f} "
-            f"| {rec['ratio']:.2f}x | {rec['minimal_ratio']:.2f}x |",
-        ]
-    )
-    return {"mode": "e2e", "results": rec, "markdown": markdown}
-
-
-# -- entry points ------------------------------------------------------------------------------
-
-
-def run(argv: list[str] | None = None) -> dict:
-    """Parse ``argv``, run the benchmark, print the Markdown table, write JSON; return the results."""
-    args = build_parser().parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available")
-    result = run_e2e(args) if args.mode == "e2e" else run_layer(args)
-    result["config"] = {
-        "batch": args.batch,
-        "order": args.order,
-        "dtype": args.dtype,
-        "peers": args.peers,
-        "device": args.device,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "shapes": [f"{','.join(map(str, w))}:{g}" for w, g in args.shapes],
-    }
-    print(result["markdown"])
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
-    return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    run(argv)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
