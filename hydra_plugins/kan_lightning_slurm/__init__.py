@@ -1,5 +1,5 @@
 """Hydra instantiates launchers only from the ``hydra_plugins`` package: this makes
-:class:`kan_lightning.slurm.SlurmLauncher` one (``conf/launcher/slurm.yaml``). ``kan_lightning.conf``
+:class:`kan_lightning.slurm.SlurmLauncher` one (``conf/launcher/slurm.yaml``). ``kan_lightning.resolvers``
 registers it."""
 
 try:
@@ -12,6 +12,6 @@ if _SlurmLauncher is not None:
     class SlurmLauncher(_SlurmLauncher):
         __doc__ = _SlurmLauncher.__doc__
 
-# A SLURM job unpickles this launcher before composing nothing more: the run config it resolves
-# there needs the kan_* resolvers (imported last: it registers this very class).
+# A SLURM job unpickles this launcher and then resolves its run config, which needs the kan_*
+# resolvers (imported last: the module also registers this very class with Hydra).
 import kan_lightning.resolvers  # noqa: E402,F401
