@@ -296,8 +296,9 @@ def model_from_file(record: dict[str, Any]) -> nn.Module:
     """The network of a record of :func:`read_model_file`, rebuilt from this package's classes."""
     path = record.get("path", "model file")
     name = record.get("model_class")
-    # version 1 named the class alone
-    cls = MODEL_CLASSES.get(name) or next((c for c in MODEL_CLASSES.values() if c.__name__ == name), None) if isinstance(name, str) else None
+    cls = None
+    if isinstance(name, str):  # version 1 named the class alone
+        cls = MODEL_CLASSES.get(name) or next((c for c in MODEL_CLASSES.values() if c.__name__ == name), None)
     if cls is None:
         known = ", ".join(c.__name__ for c in MODEL_CLASSES.values())
         raise ValueError(f"{str(path)!r}: unknown model_class {name!r}; known: {known}")
