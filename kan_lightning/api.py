@@ -197,7 +197,7 @@ class KANTrainer:
         with tempfile.TemporaryDirectory(prefix="kan-best-") as tmp:
             checkpoints = str(Path(self.default_root_dir) / "checkpoints") if self.enable_checkpointing else tmp if best else None
             set_fit(cfg, trainer, math.ceil(x_train.shape[0] / batch_size), "val/loss" if val is not None else "train/objective_epoch",
-                    grid_update and hasattr(self.model, "update_grid"), patience, min_delta, checkpoints)
+                    grid_update if hasattr(self.model, "update_grid") else False, patience, min_delta, checkpoints)
             self.module = pipeline.build_module(cfg, self.model)
             if callable(lr_schedule):
                 self.module.scheduler_factory = lr_schedule

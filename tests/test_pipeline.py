@@ -157,3 +157,15 @@ def test_a_file_of_the_first_format_still_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path / "v1.pth")(x), kan(x), rtol=0, atol=0)
     assert KANTrainer.load(tmp_path / "v1.pth").history == {"train_loss": [1.0]}
+
+
+def test_grid_update_arguments_reach_the_callback():
+    from kan_lightning.lit import GridUpdate
+
+    x, y = _xy(60)
+    trainer = KANTrainer(KAN([2, 3, 1], grid_size=3))
+    trainer.train(x, y, epochs=1, batch_size=30, verbose=False, grid_update={"every_n_steps": 1, "stop_step": 3})
+    (update,) = [c for c in trainer.trainer.callbacks if isinstance(c, GridUpdate)]
+    assert (update.every_n_steps, update.stop_step) == (1, 3)
+    trainer.train(x, y, epochs=1, batch_size=30, verbose=False, grid_update=False)
+    assert not [c for c in trainer.trainer.callbacks if isinstance(c, GridUpdate)]
