@@ -17,12 +17,12 @@ _EXPORTS = {
     "KANLayer": "kan_lightning.nn",
     "MLP": "kan_lightning.nn",
     "KANTrainer": "kan_lightning.api",
-    "KANEnsemble": "kan_lightning.api",
-    "NormalizedModel": "kan_lightning.api",
-    "create_dataset": "kan_lightning.api",
-    "cross_validate": "kan_lightning.api",
+    "KANEnsemble": "kan_lightning.ensemble",
+    "NormalizedModel": "kan_lightning.data.normalization",
+    "create_dataset": "kan_lightning.data.arrays",
+    "cross_validate": "kan_lightning.ensemble",
     "load_model": "kan_lightning.api",
-    "transfer_weights": "kan_lightning.api",
+    "transfer_weights": "kan_lightning.transfer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -18,8 +18,9 @@ import math
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
@@ -164,3 +165,28 @@ def start_logs(cfg: Any, output_dir: str | Path) -> None:
         wanted = hydra_context()[2] is None  # no job number: not a multirun job
     if wanted and getattr(rank_zero_only, "rank", 0) == 0:
         print_config(cfg, output_dir)
+
+
+@contextmanager
+def quiet_lightning(enabled: bool = True) -> Iterator[None]:
+    """Within the block, silence Lightning's info messages and its advice warnings (few
+    workers, logging interval...), not real warnings of this package (the Python API's
+    ``verbose=False``)."""
+    if not enabled:
+        yield
+        return
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    loggers = [logging.getLogger(n) for n in LIBRARY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=PossibleUserWarning)
+            for message in (r".*does not have many workers.*", r".*Total length of .* across ranks is zero.*", r".*isinstance\(treespec, LeafSpec\).*"):
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

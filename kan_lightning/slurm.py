@@ -84,7 +84,7 @@ def update_record(path: Path | None, **changes: Any) -> dict[str, Any] | None:
     """Merge ``changes`` into the run record at ``path`` (nothing when there is none)."""
     if path is None or not path.is_file():
         return None
-    from kan_lightning.train import write_run_record
+    from kan_lightning.run_records import write_run_record
 
     record = json.loads(path.read_text())
     record.update(changes)
@@ -222,7 +222,7 @@ def record_slurm_end(
 ) -> dict[str, Any]:
     """Write into ``<job_dir>/metrics.json`` how SLURM ended the job; returns the record. A job
     that never started and that slurmctld no longer lists was cancelled while pending."""
-    from kan_lightning.train import write_run_record
+    from kan_lightning.run_records import write_run_record
 
     path = job_dir / "metrics.json"
     record: dict[str, Any] = {}

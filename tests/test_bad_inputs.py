@@ -296,7 +296,7 @@ def _kan_symbolic(path: Path, tmp: Path) -> Any:
 
 
 def _resume(path: Path, tmp: Path) -> Any:
-    from kan_lightning.train import _checked_resume
+    from kan_lightning.pipeline import checked_resume as _checked_resume
     from kan_lightning.lit import KANRegressor
     from omegaconf import OmegaConf
 

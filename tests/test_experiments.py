@@ -321,7 +321,7 @@ def test_guide_suite_preset_and_matched_mlp(make_cfg):
     assert params["model"] == "kan,mlp_guide" and len(str(params["seed"]).split(",")) >= 3
     kan_cfg = make_cfg("experiment=guide_suite")
     mlp_cfg = make_cfg("experiment=guide_suite", "model=mlp_guide")
-    # the widths train.build_model gives them on this 2-input, 1-output data (auto -> 2 and 1)
+    # the widths pipeline.build_model gives them on this 2-input, 1-output data (auto -> 2 and 1)
     kan = instantiate(kan_cfg.model, layers_hidden=data_widths(kan_cfg.model.layers_hidden, 2, 1), _convert_="all")
     mlp = instantiate(mlp_cfg.model, layers_hidden=data_widths(mlp_cfg.model.layers_hidden, 2, 1), _convert_="all")
     n_kan, n_mlp = (sum(p.numel() for p in m.parameters()) for m in (kan, mlp))

@@ -22,6 +22,7 @@ import kan_lightning.resolvers  # noqa: F401  (registers the configs' resolvers)
 from kan_lightning.analysis import formulas as sym
 from kan_lightning.analysis.figures import FORMATS
 from kan_lightning.analysis.plots import plot_network, save_figure
+from kan_lightning.data.normalization import denormalize_x, denormalize_y
 from kan_lightning.lit.checkpoint import SPLITS, datamodule_from_checkpoint, model_from_checkpoint, read_checkpoint
 
 FORMULA_TXT = "formula.txt"
@@ -70,9 +71,7 @@ def _raw(datamodule, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     norm = datamodule.normalization
     x = getattr(datamodule, f"x_{split}").double()
     y = getattr(datamodule, f"y_{split}").double()
-    x_orig = x * norm["x_scale"].double() + norm["x_shift"].double()
-    y_orig = y * norm["y_std"].double() + norm["y_mean"].double()
-    return x, x_orig, y_orig
+    return x, denormalize_x(x, norm), denormalize_y(y, norm)
 
 
 def symbolic_from_checkpoint(cfg: DictConfig) -> dict[str, Any]:
@@ -138,7 +137,7 @@ def symbolic_from_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     x_eval, x_eval_orig, y_eval = _raw(datamodule, cfg.split)
     rmse = sym.formula_rmse(expr, x_eval_orig.numpy(), y_eval.numpy(), input_names)
     with torch.no_grad():
-        pred = model(x_eval.to(dtype)).double() * norm["y_std"].double() + norm["y_mean"].double()
+        pred = denormalize_y(model(x_eval.to(dtype)).double(), norm)
     kan_rmse = float(((pred - y_eval) ** 2).mean().sqrt())
 
     output_dir = Path(cfg.paths.output_dir)

@@ -12,10 +12,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from kan_lightning.data.functions import TargetFunction, domain_bounds, resolve_target
+from kan_lightning.data.normalization import NORM_KEYS, denormalize_y, fit_normalization, normalize_x, normalize_y
 
 SAMPLING_MODES = ("uniform", "grid")
 MAX_GRID_POINTS = 10_000_000
-_NORM_KEYS = ("x_shift", "x_scale", "y_mean", "y_std")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,45 +158,6 @@ def _plain_domain(domain: Any) -> Any:
     if domain is None or isinstance(domain, (str, numbers.Real)):
         return domain
     return [_plain_domain(v) for v in domain]
-
-
-# ---------------------------------------------------------------------------------------------
-# Normalization
-
-
-def _identity_normalization(input_dim: int) -> dict[str, Tensor]:
-    return {
-        "x_shift": torch.zeros(input_dim),
-        "x_scale": torch.ones(input_dim),
-        "y_mean": torch.zeros(1),
-        "y_std": torch.ones(1),
-    }
-
-
-def fit_normalization(
-    x: Tensor, y: Tensor, normalize_inputs: bool, normalize_targets: bool, domain: Any = None
-) -> dict[str, Tensor]:
-    """Affine maps fitted on (training) data: x min..max -> [-1, 1], y -> mean 0, std 1.
-
-    With ``domain`` (``(low, high)`` per input: the box the data is sampled from) the inputs map
-    the box, not the sample's range, to [-1, 1]: then no validation or test input falls outside
-    [-1, 1], where a KAN's first grid ends and its splines extrapolate.
-    """
-    norm = _identity_normalization(x.shape[1])
-    if normalize_inputs:
-        if domain is not None:
-            low, high = torch.tensor(domain, dtype=x.dtype).T
-        else:
-            low, high = x.min(dim=0).values, x.max(dim=0).values
-        half_range = (high - low) / 2
-        norm["x_shift"] = (high + low) / 2
-        # A constant feature has no range; leave its scale alone instead of dividing by zero.
-        norm["x_scale"] = torch.where(half_range > 0, half_range, torch.ones_like(half_range))
-    if normalize_targets:
-        std = y.std(dim=0, correction=0)
-        norm["y_mean"] = y.mean(dim=0)
-        norm["y_std"] = torch.where(std > 0, std, torch.ones_like(std))
-    return norm
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,16 +372,13 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
         return dict(self._norm)
 
     def normalize_x(self, x: Tensor) -> Tensor:
-        norm = self.normalization
-        return (x - norm["x_shift"].to(x)) / norm["x_scale"].to(x)
+        return normalize_x(x, self.normalization)
 
     def normalize_y(self, y: Tensor) -> Tensor:
-        norm = self.normalization
-        return (y - norm["y_mean"].to(y)) / norm["y_std"].to(y)
+        return normalize_y(y, self.normalization)
 
     def denormalize_y(self, y: Tensor) -> Tensor:
-        norm = self.normalization
-        return y * norm["y_std"].to(y) + norm["y_mean"].to(y)
+        return denormalize_y(y, self.normalization)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -431,12 +389,12 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("normalization")
-        if not isinstance(saved, dict) or set(saved) != set(_NORM_KEYS):
+        if not isinstance(saved, dict) or set(saved) != set(NORM_KEYS):
             raise ValueError(
-                f"datamodule state needs 'normalization' with keys {_NORM_KEYS}, got "
+                f"datamodule state needs 'normalization' with keys {NORM_KEYS}, got "
                 f"{None if not isinstance(saved, dict) else sorted(saved)}"
             )
-        norm = {k: torch.as_tensor(saved[k], dtype=torch.float32).clone() for k in _NORM_KEYS}
+        norm = {k: torch.as_tensor(saved[k], dtype=torch.float32).clone() for k in NORM_KEYS}
         dim = self._target.input_dim
         if norm["x_shift"].shape != (dim,) or norm["x_scale"].shape != (dim,):
             raise ValueError(

@@ -267,3 +267,107 @@ def datamodule_from_checkpoint(checkpoint: dict[str, Any], data_overrides: dict 
     if state and not data_overrides:
         datamodule.load_state_dict(state)  # the exact normalization used in training
     return datamodule
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python API's model file (``KANTrainer.save``, ``load_model``): a checkpoint as kan-train
+# writes it (``state_dict`` and the ``kan_lightning`` block, read by kan-eval, kan-symbolic and
+# ``model_from_checkpoint``), plus plain keys for the usage guide's loading recipe
+# (``KAN(**record["model_config"]).load_state_dict(record["model_state_dict"])``) and the
+# trainer's normalization, history and optimizer settings.
+
+MODEL_FILE_FORMAT = "kan_lightning.api.model"
+# 1: the plain keys only, ``model_class`` a class name ("KAN"); 2: inside a kan-train checkpoint
+MODEL_FILE_VERSION = 2
+# The data module whose state holds a kan-train run's normalization.
+RUN_DATA_STATE = "SyntheticFunctionDataModule"
+
+
+def model_class_key(model: nn.Module) -> str:
+    """``model``'s name in ``MODEL_CLASSES``; a ``TypeError`` for a network that cannot be
+    rebuilt from a file (another class, or a KAN whose activation is not named)."""
+    key = next((k for k, cls in MODEL_CLASSES.items() if type(model) is cls), None)
+    if key is None:
+        names = ", ".join(cls.__name__ for cls in MODEL_CLASSES.values())
+        raise TypeError(f"save supports {names} models, got {type(model).__qualname__}")
+    if isinstance(model, KAN) and "base_activation" not in model.config:
+        raise TypeError(
+            f"cannot save a KAN whose base_activation is {type(model.layers[0].base_activation).__name__}: "
+            "give it by name (e.g. base_activation='silu')"
+        )
+    return key
+
+
+def model_file_record(module: nn.Module, **plain: Any) -> dict[str, Any]:
+    """The checkpoint of ``module`` (a ``KANRegressor``) as kan-train writes it, with the plain
+    keys of the model file and ``plain`` (tensors are stored once: the two views share them)."""
+    key = model_class_key(module.model)
+    checkpoint: dict[str, Any] = {"state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
+    module.on_save_checkpoint(checkpoint)
+    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    return {
+        **checkpoint,
+        "format": MODEL_FILE_FORMAT,
+        "version": MODEL_FILE_VERSION,
+        "model_class": key,
+        "model_config": checkpoint["kan_lightning"]["model_config"],
+        "model_state_dict": state,
+        **plain,
+    }
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """A model file or a kan-train checkpoint, read with ``weights_only=True`` and refused
+    (naming the file) when empty, corrupt, foreign, or naming a ``_target_`` outside
+    ``ALLOWED_TARGETS``. A checkpoint comes back with the model file's keys filled in."""
+    path = Path(path)
+    record = load_plain(path, "model file")
+    check_stored_targets(record, path)
+    if isinstance(record, dict) and "format" not in record and isinstance(record.get("kan_lightning"), dict):
+        meta = record["kan_lightning"]
+        state = {k[len("model.") :]: v for k, v in (record.get("state_dict") or {}).items() if k.startswith("model.")}
+        data_state = record.get(RUN_DATA_STATE)
+        normalization = data_state.get("normalization") if isinstance(data_state, dict) else None
+        record = {**record, "format": MODEL_FILE_FORMAT, "model_class": meta.get("model_class"),
+                  "model_config": meta.get("model_config"), "model_state_dict": state, "normalization": normalization}
+    if not isinstance(record, dict) or record.get("format") != MODEL_FILE_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a model saved by KANTrainer.save")
+    version = record.get("version", 0)
+    if not isinstance(version, int) or version > MODEL_FILE_VERSION:
+        raise ValueError(f"{str(path)!r} has format version {version!r}, newer than this package reads")
+    record["path"] = str(path)
+    return record
+
+
+def model_from_file(record: dict[str, Any]) -> nn.Module:
+    """The network of a record of :func:`read_model_file`, rebuilt from this package's classes."""
+    path = record.get("path", "model file")
+    name = record.get("model_class")
+    cls = None
+    if isinstance(name, str):  # version 1 named the class alone
+        cls = MODEL_CLASSES.get(name) or next((c for c in MODEL_CLASSES.values() if c.__name__ == name), None)
+    if cls is None:
+        known = ", ".join(c.__name__ for c in MODEL_CLASSES.values())
+        raise ValueError(f"{str(path)!r}: unknown model_class {name!r}; known: {known}")
+    model = build_from_plain(cls, record.get("model_config"), "model_config", path)
+    state = record.get("model_state_dict")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{str(path)!r}: model_state_dict is not a mapping of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{str(path)!r}: its weights do not fit its model_config: {str(err).splitlines()[0]}") from None
+    return model
+
+
+def restore_network(module: nn.Module, path: str | Path) -> None:
+    """The network of checkpoint ``path`` into ``module`` (a ``KANRegressor``): its weights into
+    ``module.model`` when they fit it, else the network as saved (e.g. from before a pruning
+    callback replaced it)."""
+    checkpoint = read_checkpoint(path)
+    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    try:
+        module.model.load_state_dict(state)
+    except RuntimeError:
+        param = next(module.model.parameters())
+        module.model = model_from_checkpoint(checkpoint).to(device=param.device, dtype=param.dtype)

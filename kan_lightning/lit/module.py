@@ -11,6 +11,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
+from kan_lightning.data.normalization import denormalize_y
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -45,7 +47,9 @@ def grid_range_warning(x: Tensor, layer: nn.Module, tolerance: float = GRID_RANG
     )
 
 
-def _metrics(prefix: str) -> MetricCollection:
+def regression_metrics(prefix: str | None = None) -> MetricCollection:
+    """MSE, RMSE, MAE and R^2 (named ``<prefix>/mse``... with a prefix): what this module logs,
+    and what ``KANTrainer.metrics`` reports."""
     return MetricCollection(
         {
             "mse": MeanSquaredError(),
@@ -53,7 +57,7 @@ def _metrics(prefix: str) -> MetricCollection:
             "mae": MeanAbsoluteError(),
             "r2": R2Score(),
         },
-        prefix=f"{prefix}/",
+        prefix=f"{prefix}/" if prefix else None,
     )
 
 
@@ -97,7 +101,7 @@ class KANRegressor(L.LightningModule):
         self.register_buffer("y_mean", torch.zeros(()))
         self.register_buffer("y_std", torch.ones(()))
         # ModuleDict keys must not shadow Module attributes such as ``train``.
-        self.metrics = nn.ModuleDict({f"{stage}_metrics": _metrics(stage) for stage in STAGES})
+        self.metrics = nn.ModuleDict({f"{stage}_metrics": regression_metrics(stage) for stage in STAGES})
         # (global_step, batch_idx) of the last logged training batch: see _step
         self._logged_batch: tuple[int, int] | None = None
 
@@ -143,7 +147,7 @@ class KANRegressor(L.LightningModule):
         self.y_std.copy_(torch.as_tensor(normalization["y_std"]).squeeze())
 
     def denormalize(self, y: Tensor) -> Tensor:
-        return y * self.y_std + self.y_mean
+        return denormalize_y(y, {"y_mean": self.y_mean, "y_std": self.y_std})
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int = 0) -> Tensor:
         x, y = batch
