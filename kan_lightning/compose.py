@@ -3,6 +3,7 @@ command line (used by the Python API, so that both read the same ``conf/`` files
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -28,10 +29,11 @@ def _package_configs() -> Iterator[ConfigLoader]:
         restore_gh_from_backup(backup)
 
 
-def group_options(group: str) -> list[str]:
-    """The configs of a group, e.g. ``optimizer`` -> ``["adam", "adamw", "lbfgs", "sgd"]``."""
+@functools.lru_cache(maxsize=None)  # the package's files do not change while it runs
+def group_options(group: str) -> tuple[str, ...]:
+    """The configs of a group, e.g. ``optimizer`` -> ``("adam", "adamw", "lbfgs", "sgd")``."""
     with _package_configs() as loader:
-        return sorted(loader.get_group_options(group))
+        return tuple(sorted(loader.get_group_options(group)))
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
