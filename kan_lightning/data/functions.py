@@ -8,6 +8,7 @@ in :data:`FUNCTIONS`; user formulas such as ``"exp(sin(pi*x0)+x1**2)"`` are turn
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import numbers
 import re
@@ -16,6 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from kan_lightning.nn.config import MAX_ABS_COORDINATE  # the inputs are float32 too
 
 Domain = tuple[tuple[float, float], ...]
 
@@ -59,6 +62,8 @@ def _check_pair(pair: object) -> tuple[float, float]:
         raise ValueError(f"domain entry {values!r} must be finite")
     if low >= high:
         raise ValueError(f"domain entry {values!r} needs low < high")
+    if max(abs(low), abs(high)) > MAX_ABS_COORDINATE or not math.isfinite(high - low):
+        raise ValueError(f"domain entry {values!r} is too wide: the inputs are float32, keep |bounds| <= {MAX_ABS_COORDINATE:g}")
     return low, high
 
 
@@ -380,8 +385,10 @@ def _scalar(value: float, x: Tensor) -> Tensor:
     return torch.tensor(value, dtype=dtype, device=x.device)
 
 
+@functools.lru_cache(maxsize=64)
 def _compile(formula: str) -> tuple[Node, int]:
-    """The torch closure for ``formula`` and how many variables it needs."""
+    """The torch closure for ``formula`` and how many variables it needs (parsed once: a run
+    checks its config, then builds its data from the same formula)."""
     if not isinstance(formula, str):
         raise ValueError(f"formula must be a string, got {formula!r}")
     source = _Source(formula)
@@ -412,7 +419,12 @@ def parse_formula(
     functions called by bare name are accepted; anything else raises ``ValueError`` naming the
     offending piece and its (1-based) column.
     """
-    root, needed = _compile(formula)
+    try:
+        root, needed = _compile(formula)
+    except TypeError:  # unhashable: not a string
+        raise ValueError(f"formula must be a string, got {formula!r}") from None
+    except ValueError as err:
+        raise ValueError(f"formula={formula!r} cannot be used: {err}") from None
     if input_dim is None:
         if needed == 0:
             raise ValueError(
@@ -442,6 +454,8 @@ def resolve_target(
     domain: object = None,
 ) -> TargetFunction:
     """Build the target from exactly one of a registered ``function`` name or a ``formula``."""
+    if function is None and formula is None:
+        raise ValueError("function and formula are both null: give exactly one, e.g. function=polynomial or formula='x0*x1'")
     if (function is None) == (formula is None):
         raise ValueError(
             f"give exactly one of function or formula, got function={function!r}, "
