@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .activations import make_activation
 from .config import SplineConfig, check_count, signature_of
 from .kernels import spline_contract
+from .knots import is_uniform
 from .splines import (
     bspline_basis,
     bspline_basis_derivative,
@@ -283,13 +284,6 @@ class KANLayer(nn.Module):
             x[-1] = x[-1].nextafter(x[0])  # half-open bases: with k = 0 the end is outside
         # Dense samples support every basis: no ridge, so nested grids reproduce the spline exactly.
         self._refit(x.to(self.grid.dtype), new_grid, uniform=self.uniform_grid, ridge=0.0)
-
-
-def is_uniform(grid: Tensor) -> bool:
-    """Whether every row of knots is equally spaced, up to the rounding of the grid's dtype."""
-    steps = grid.diff(dim=-1).double()
-    tol = 64 * torch.finfo(grid.dtype).eps * grid.abs().amax().double().clamp(min=1)
-    return bool(((steps - steps[:, :1]).abs() <= tol).all())
 
 
 def _interp_rows(query: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
