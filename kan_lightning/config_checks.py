@@ -1,31 +1,44 @@
 """Check a composed training config before any work starts, and name the key of every mistake.
 
-``validate_config(cfg)`` runs explicit checks (unknown keys, types, ranges, the data's shape
-against the network's widths, function names and formulas) and raises :class:`ConfigError` with
-a one-paragraph message that names the key path and the bad value, e.g.
-``model.grid_size=0 must be an integer >= 1``. ``instantiate_node`` wraps
-``hydra.utils.instantiate`` so that a constructor's own ``ValueError``/``TypeError`` (a check
-this module does not know about) also comes back as a ``ConfigError`` naming the key.
-
-Nothing here imports Lightning's Trainer machinery beyond the list of precisions; the checks are
-cheap (no data is generated, no model is built).
+``validate_config(cfg)`` raises :class:`~kan_lightning.config_errors.ConfigError` with a
+one-line message naming the key path and the bad value, e.g. ``model.grid_size=0 must be an
+integer >= 1``. The values of the model and the data are checked by their own constructors:
+the KAN's :class:`~kan_lightning.nn.config.KANConfig` and the data module are built (no data is
+generated, no network is built) and their errors reworded to name the key. What is checked here
+needs the whole config or is not a constructor's: unknown keys, widths (which may say ``auto``)
+against the data, splits large enough for R^2, monitors against the logged metrics, optimizer,
+scheduler, trainer and top-level values, seeds.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
-import math
-import re
 import typing
 from typing import Any, Iterator, Mapping
 
-from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+from kan_lightning.config_errors import (  # noqa: F401 (ConfigError, fail, config_error, instantiate_node: used from here)
+    INSTANTIATE_KEYS,
+    ConfigError,
+    _accepted_keys,
+    _first_line,
+    _is_int,
+    _is_number,
+    _show,
+    _type_name,
+    build,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    config_error,
+    fail,
+    instantiate_node,
+    unknown_key_error,
+)
 KAN_TARGETS = {"kan_lightning.nn.KAN", "kan_lightning.nn.network.KAN"}
 MLP_TARGETS = {"kan_lightning.nn.MLP", "kan_lightning.nn.mlp.MLP"}
 DATA_TARGETS = {"kan_lightning.data.SyntheticFunctionDataModule", "kan_lightning.data.datamodule.SyntheticFunctionDataModule"}
@@ -35,121 +48,9 @@ SEED_RANGE = (0, 2**32 - 1)
 # What KANRegressor logs: <stage>/<name>; training values also as <name>_step/_epoch.
 LOGGED_STAGES = ("train", "val", "test")
 LOGGED_NAMES = ("loss", "mse", "rmse", "mae", "r2")
-# The splines are evaluated in float32: grid ranges and domains stay well inside its range.
-MAX_ABS_COORDINATE = 1e30
 # The scheduler arguments that are periods (a zero divides by zero when the schedule steps).
 SCHEDULER_PERIODS = ("T_max", "T_0", "step_size", "total_steps", "total_iters")
 SCHEDULER_INTERVALS = ("epoch", "step")
-
-
-class ConfigError(ValueError):
-    """A mistake in the run configuration: the message names the key path and the bad value.
-
-    ``kan-train`` prints it as ``error: <message>`` and exits with status 2 (no traceback)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _show(value: Any) -> str:
-    """A value as the user would type it on the command line."""
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def fail(key: str, value: Any, requirement: str) -> ConfigError:
-    return ConfigError(f"{key}={_show(value)} {requirement}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_int(key: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not _is_int(value):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise fail(key, value, f"must be an integer{bound} (got a {_type_name(value)})")
-    if minimum is not None and value < minimum:
-        raise fail(key, value, f"must be an integer >= {minimum}")
-
-
-def check_number(
-    key: str,
-    value: Any,
-    minimum: float | None = None,
-    strict: bool = False,
-    maximum: float | None = None,
-    allow_none: bool = False,
-) -> None:
-    if value is None and allow_none:
-        return
-    bound = ""
-    if minimum is not None:
-        bound = f" {'>' if strict else '>='} {minimum:g}"
-    if maximum is not None:
-        bound += f"{' and' if bound else ''} <= {maximum:g}"
-    if not _is_number(value):
-        raise fail(key, value, f"must be a number{bound} (got a {_type_name(value)})")
-    if not math.isfinite(value):
-        raise fail(key, value, f"must be a finite number{bound}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise fail(key, value, f"must be a number{bound}")
-    if maximum is not None and value > maximum:
-        raise fail(key, value, f"must be a number{bound}")
-
-
-def check_bool(key: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise fail(key, value, f"must be true or false (got a {_type_name(value)})")
-
-
-def check_choice(key: str, value: Any, choices: typing.Sequence[Any]) -> None:
-    if value not in choices:
-        raise fail(key, value, f"is not one of {', '.join(_show(c) for c in choices)}")
-
-
-def check_range_pair(key: str, value: Any) -> tuple[float, float]:
-    """A ``[low, high]`` pair of finite numbers with ``low < high``."""
-    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(_is_number(v) for v in value):
-        raise fail(key, value, "must be a pair of numbers [low, high]")
-    low, high = float(value[0]), float(value[1])
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise fail(key, value, "must be finite")
-    if low >= high:
-        what, example = ("is empty", (low, low + 1)) if low == high else ("is reversed", (high, low))
-        raise fail(key, value, f"{what}: it needs low < high, e.g. {key}=[{example[0]:g},{example[1]:g}]")
-    return low, high
-
-
-def check_grid_range(value: Any, grid_size: Any, spline_order: Any) -> None:
-    """A ``[low, high]`` whose knots (``spline_order`` more on each side) are distinct, finite
-    float32 numbers."""
-    low, high = check_range_pair("model.grid_range", value)
-    if not (_is_int(grid_size) and _is_int(spline_order) and grid_size >= 1 and spline_order >= 0):
-        return
-    width = high - low
-    step = width / grid_size
-    outer = max(abs(low - spline_order * step), abs(high + spline_order * step))
-    if not math.isfinite(width) or not outer <= MAX_ABS_COORDINATE:
-        raise fail("model.grid_range", value, f"is too wide: its knots must stay within +-{MAX_ABS_COORDINATE:g} (float32)")
-    if step <= 1e-6 * max(abs(low), abs(high)):
-        raise fail("model.grid_range", value, f"is too narrow for model.grid_size={grid_size}: float32 cannot tell its knots apart")
 
 
 # a first or last entry of model.layers_hidden that takes the data's dimension
@@ -197,26 +98,11 @@ def _target_nodes(node: Any, path: str) -> Iterator[tuple[str, dict]]:
             yield from _target_nodes(value, f"{path}[{i}]")
 
 
-def _accepted_keys(target: Any) -> tuple[list[str], bool]:
-    """The keyword parameters of ``target`` and whether it takes ``**kwargs``."""
-    try:
-        parameters = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: cannot check
-        return [], True
-    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    return names, any(p.kind == p.VAR_KEYWORD for p in parameters)
-
-
-def unknown_key_error(path: str, target_name: str, key: str, accepted: list[str], what: str | None = None) -> ConfigError:
-    close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.5)
-    hint = f" (did you mean {path}.{close[0]}?)" if close else ""
-    what = what or f"a parameter of {target_name}"
-    return ConfigError(f"{path}.{key} is not {what}{hint}; accepted: {', '.join(accepted)}")
-
-
-def check_targets(container: Mapping[str, Any]) -> None:
-    """Each ``_target_`` can be imported and accepts every key of its node."""
-    for path, node in _target_nodes(dict(container), ""):
+def check_targets(container: Mapping[str, Any]) -> int:
+    """Each ``_target_`` can be imported and accepts every key of its node; returns how many
+    ``_target_`` nodes there are."""
+    nodes = list(_target_nodes(dict(container), ""))
+    for path, node in nodes:
         target_name = node["_target_"]
         try:
             target = get_object(target_name)
@@ -228,6 +114,7 @@ def check_targets(container: Mapping[str, Any]) -> None:
         for key in node:
             if key not in INSTANTIATE_KEYS and key not in accepted:
                 raise unknown_key_error(path, target_name, str(key), accepted)
+    return len(nodes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +122,8 @@ def check_targets(container: Mapping[str, Any]) -> None:
 
 
 def check_model(model: Mapping[str, Any]) -> None:
+    """The widths (which may say ``auto``); a KAN's other options are checked by building its
+    :class:`~kan_lightning.nn.config.KANConfig`."""
     target = model.get("_target_")
     if target not in KAN_TARGETS | MLP_TARGETS:
         return
@@ -249,90 +138,25 @@ def check_model(model: Mapping[str, Any]) -> None:
             "must list at least two positive integer widths (input first, output last; those two may be "
             "auto: the data's dimensions), e.g. [2,5,1] or [auto,5,auto]",
         )
-    if target in MLP_TARGETS:
-        return
-    if "grid_size" in model:
-        check_int("model.grid_size", model["grid_size"], 1)
-    if "spline_order" in model:
-        check_int("model.spline_order", model["spline_order"], 0)
-    if "grid_range" in model:
-        check_grid_range(model["grid_range"], model.get("grid_size", 5), model.get("spline_order", 3))
-    for key in ("scale_noise", "scale_base", "scale_spline"):
-        if key in model:
-            check_number(f"model.{key}", model[key])
-    if "grid_eps" in model:
-        check_number("model.grid_eps", model["grid_eps"], 0.0, maximum=1.0)
-    if "basis" in model:
-        check_choice("model.basis", model["basis"], ("fast", "reference"))
-    if "base_activation" in model and isinstance(model["base_activation"], str):
-        from kan_lightning.nn.activations import ACTIVATIONS
+    if target in KAN_TARGETS:
+        from kan_lightning.nn.config import KANConfig
 
-        if model["base_activation"].lower() not in ACTIVATIONS:
-            raise fail("model.base_activation", model["base_activation"], f"is not a known activation; known: {', '.join(sorted(ACTIVATIONS))}")
-    regularization = model.get("regularization")
-    if regularization is not None:
-        if not isinstance(regularization, Mapping):
-            raise fail("model.regularization", regularization, "must be a mapping of penalty weights")
-        from kan_lightning.nn.network import REGULARIZATION_TERMS
-
-        for name, weight in regularization.items():
-            if name not in REGULARIZATION_TERMS:
-                raise unknown_key_error("model.regularization", "", str(name), list(REGULARIZATION_TERMS), what="a regularization term")
-            check_number(f"model.regularization.{name}", weight, 0.0)
-
-
-def _data_target(data: Mapping[str, Any]):
-    """The data's target function, or a ``ConfigError`` naming the key that breaks it."""
-    from kan_lightning.data.functions import get_function, parse_formula, validate_domain
-
-    formula, function = data.get("formula"), data.get("function")
-    input_dim, domain = data.get("input_dim"), data.get("domain")
-    if input_dim is not None:
-        check_int("data.input_dim", input_dim, 1, allow_none=True)
-    if formula is not None:
-        if not isinstance(formula, str):
-            raise fail("data.formula", formula, "must be a string such as 'exp(sin(pi*x0)+x1**2)'")
-        try:
-            target = parse_formula(formula, input_dim=input_dim)
-        except ValueError as err:
-            raise ConfigError(f"data.formula={formula!r} cannot be used: {err}") from None
-    elif function is None:
-        raise ConfigError("data.function and data.formula are both null: set one, e.g. data.function=polynomial or data.formula='x0*x1'")
-    else:
-        try:
-            target = get_function(function)
-        except ValueError as err:
-            raise ConfigError(f"data.function={_show(function)}: {err}") from None
-        if input_dim is not None and input_dim != target.input_dim:
-            raise fail("data.input_dim", input_dim, f"does not match data.function={function!r}, which has input dimension {target.input_dim}")
-    try:
-        bounds = validate_domain(domain, target.input_dim)
-    except ValueError as err:
-        raise ConfigError(f"data.domain={_show(domain)} is not usable: {err}") from None
-    for low, high in bounds or []:
-        if max(abs(low), abs(high)) > MAX_ABS_COORDINATE or not math.isfinite(high - low):
-            raise fail("data.domain", domain, f"is too wide: the inputs are float32, keep |bounds| <= {MAX_ABS_COORDINATE:g}")
-    return target
+        build("model", model, KANConfig, layers_hidden=data_widths(widths, 1, 1))
 
 
 def check_data(data: Mapping[str, Any]) -> int | None:
-    """Returns the input dimension of the data (``None`` for a data module this does not know)."""
+    """Builds the data module (its constructor checks every value; no data is generated yet)
+    and checks that every split can hold an R^2. Returns the input dimension of the data
+    (``None`` for a data module this does not know)."""
     if data.get("_target_") not in DATA_TARGETS:
         return None
-    target = _data_target(data)
-    n_samples = data.get("n_samples", 5000)
-    check_int("data.n_samples", n_samples, 1)
-    split = data.get("split", [0.8, 0.1, 0.1])
-    if not isinstance(split, (list, tuple)) or len(split) != 3 or not all(_is_number(v) for v in split):
-        raise fail("data.split", split, "must be three fractions [train, val, test], e.g. [0.8,0.1,0.1]")
-    if any(v < 0 or not math.isfinite(v) for v in split):
-        raise fail("data.split", split, "has a negative or non-finite fraction")
-    if abs(sum(split) - 1.0) > 1e-6:
-        raise fail("data.split", split, f"must sum to 1 (it sums to {sum(split):g})")
-    if split[0] == 0:
-        raise fail("data.split", split, "leaves no training data")
-    from kan_lightning.data.datamodule import SAMPLING_MODES, split_sizes
+    if data.get("formula") is None and data.get("function") is None:
+        raise ConfigError("data.function and data.formula are both null: set one, e.g. data.function=polynomial or data.formula='x0*x1'")
+    check_int("data.seed", data.get("seed", 0))
+    from kan_lightning.data.datamodule import SyntheticFunctionDataModule, split_sizes
 
+    module = build("data", data, SyntheticFunctionDataModule)
+    n_samples, split = data.get("n_samples", 5000), data.get("split", [0.8, 0.1, 0.1])
     for part, fraction, size in zip(("train", "val", "test"), split, split_sizes(n_samples, tuple(split))):
         if fraction > 0 and size < 2:
             raise fail(
@@ -340,18 +164,7 @@ def check_data(data: Mapping[str, Any]) -> int | None:
                 f"is too small for data.split={_show(split)}: the {part} part would hold {size} sample(s), "
                 "and its R^2 needs at least 2",
             )
-    batch_size = data.get("batch_size", 256)
-    if batch_size != "full":
-        if not _is_int(batch_size) or batch_size < 1:
-            raise fail("data.batch_size", batch_size, "must be a positive integer or 'full'")
-    check_number("data.noise_level", data.get("noise_level", 0.0), 0.0)
-    check_int("data.num_workers", data.get("num_workers", 0), 0)
-    check_choice("data.sampling", data.get("sampling", "uniform"), SAMPLING_MODES)
-    check_int("data.seed", data.get("seed", 0))
-    for key in ("normalize_inputs", "normalize_targets"):
-        if key in data:
-            check_bool(f"data.{key}", data[key])
-    return target.input_dim
+    return module.target.input_dim
 
 
 def check_optimizer(optimizer: Mapping[str, Any] | None) -> None:
@@ -479,11 +292,6 @@ def check_top_level(cfg: Mapping[str, Any]) -> None:
 # Entry points
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def resolved_container(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain data with interpolations resolved; a missing ``???`` value or a broken
     interpolation becomes a ``ConfigError`` naming its key."""
@@ -516,57 +324,3 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     check_scheduler(container.get("scheduler"))
     check_trainer(container.get("trainer"))
     check_monitors(container)
-
-
-# ---------------------------------------------------------------------------------------------
-# Constructor errors -> ConfigError
-
-
-_UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
-
-
-def _key_in_message(node: Mapping[str, Any], message: str) -> str | None:
-    for key in sorted((str(k) for k in node if k not in INSTANTIATE_KEYS), key=len, reverse=True):
-        if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message):
-            return key
-    return None
-
-
-def config_error(path: str, node: Any, err: BaseException) -> ConfigError:
-    """A constructor's error, reworded to name the config key it most likely comes from."""
-    message = _first_line(err) if not isinstance(err, ConfigError) else str(err)
-    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    plain = plain if isinstance(plain, Mapping) else {}
-    unexpected = _UNEXPECTED.search(message)
-    if unexpected and "_target_" in plain:
-        try:
-            accepted, _ = _accepted_keys(get_object(plain["_target_"]))
-        except Exception:
-            accepted = []
-        return unknown_key_error(path, plain["_target_"], unexpected.group(1), accepted)
-    key = _key_in_message(plain, message)
-    if key is not None:
-        return ConfigError(f"{path}.{key}={_show(plain[key])}: {message}")
-    return ConfigError(f"{path}: {message}")
-
-
-def instantiate_node(node: Any, path: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate(node, **kwargs)``; a ``ValueError`` or ``TypeError`` from the
-    constructor (and Lightning's ``MisconfigurationException``) becomes a ``ConfigError`` naming
-    ``path`` and, when the message mentions one, the key."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    expected = (ValueError, TypeError, MisconfigurationException)
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, expected):
-            raise config_error(path, node, cause) from cause
-        if isinstance(cause, (ImportError, AttributeError)) or cause is None:
-            target = node.get("_target_") if isinstance(node, (Mapping, DictConfig)) else None
-            reason = _first_line(cause or err)
-            raise ConfigError(f"{path}._target_={target!r} cannot be imported: {reason}") from err
-        raise
-    except expected as err:
-        raise config_error(path, node, err) from err

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -45,11 +47,41 @@ def make_cfg(tmp_path):
 def _single_thread():
     """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
     threads can slow these tests down many times over."""
-    import torch
-
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for the nn tests
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Build modules directly in ``dtype`` (the grid is then exact in that dtype; building in
+    float32 and calling ``.double()`` keeps float32-rounded knots)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def layer64(*args, **kwargs):
+    """A ``KANLayer`` built in float64."""
+    from kan_lightning.nn import KANLayer
+
+    with default_dtype(torch.float64):
+        return KANLayer(*args, **kwargs)
+
+
+def kan64(*args, **kwargs):
+    """A ``KAN`` built in float64."""
+    from kan_lightning.nn import KAN
+
+    with default_dtype(torch.float64):
+        return KAN(*args, **kwargs)

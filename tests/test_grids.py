@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 
@@ -10,27 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import kan64, layer64
 from kan_lightning.nn import KAN, KANLayer
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def layer64(*args, **kwargs) -> KANLayer:
-    with default_dtype(torch.float64):
-        return KANLayer(*args, **kwargs)
-
-
-def kan64(*args, **kwargs) -> KAN:
-    with default_dtype(torch.float64):
-        return KAN(*args, **kwargs)
 
 
 def dense_square(n: int = 101, lo: float = -1.0, hi: float = 1.0) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 
@@ -11,28 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import layer64
 from kan_lightning.nn import KAN, KANLayer
 
 
 scipy_interpolate = pytest.importorskip("scipy.interpolate")
 BSpline = scipy_interpolate.BSpline
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    """Build modules directly in ``dtype`` (the grid is then exact in that dtype; building in
-    float32 and calling ``.double()`` keeps float32-rounded knots)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def layer64(*args, **kwargs) -> KANLayer:
-    with default_dtype(torch.float64):
-        return KANLayer(*args, **kwargs)
 
 
 def _randomize(layer: KANLayer, seed: int = 0) -> KANLayer:

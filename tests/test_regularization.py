@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import default_dtype
 from kan_lightning.nn import KAN
 from kan_lightning.nn import regularization as reg
 
@@ -18,16 +18,6 @@ BSpline = scipy_interpolate.BSpline
 
 K = 2
 G = 3
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 def tiny_kan() -> KAN:

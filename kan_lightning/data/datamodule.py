@@ -108,21 +108,29 @@ def split_sizes(n_samples: int, split: tuple[float, float, float]) -> tuple[int,
 
 
 def _check_split(split: Any) -> tuple[float, float, float]:
-    values = tuple(float(v) for v in split)
+    try:
+        values = tuple(float(v) for v in split)
+    except (TypeError, ValueError):
+        values = ()
     if len(values) != 3:
-        raise ValueError(f"split={list(values)} must have 3 entries (train, val, test)")
+        raise ValueError(f"split must be three fractions [train, val, test] (3 entries, e.g. [0.8, 0.1, 0.1]), got {split!r}")
     if any(v < 0 or not math.isfinite(v) for v in values):
-        raise ValueError(f"split={list(values)} has a negative or non-finite fraction")
+        raise ValueError(f"split has a negative or non-finite fraction, got {split!r}")
     if abs(sum(values) - 1.0) > 1e-6:
-        raise ValueError(f"split={list(values)} must sum to 1, sums to {sum(values)}")
+        raise ValueError(f"split must sum to 1 (it sums to {sum(values):g}), got {split!r}")
     if values[0] == 0:
-        raise ValueError(f"split={list(values)} leaves no training data")
+        raise ValueError(f"split leaves no training data, got {split!r}")
     return values  # type: ignore[return-value]
 
 
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def _check_sizes(n_samples: Any, split: tuple[float, float, float]) -> None:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples={n_samples!r} must be a positive integer")
+    _check_count("n_samples", n_samples, 1)
     sizes = split_sizes(n_samples, split)
     for part, fraction, size in zip(("train", "val", "test"), split, sizes):
         if fraction > 0 and size == 0:
@@ -136,21 +144,22 @@ def _check_batch_size(batch_size: Any) -> int | str:
     if batch_size == "full":
         return batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer or 'full'")
+        raise ValueError(f"batch_size must be a positive integer or 'full', got {batch_size!r}")
     return batch_size
 
 
 def _check_noise(noise_level: Any) -> float:
-    value = float(noise_level)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"noise_level={noise_level!r} must be finite and >= 0")
+    if isinstance(noise_level, bool) or not isinstance(noise_level, numbers.Real) or not (
+        math.isfinite(noise_level) and noise_level >= 0
+    ):
+        raise ValueError(f"noise_level must be a finite number >= 0, got {noise_level!r}")
+    return float(noise_level)
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
     return value
-
-
-def _check_workers(num_workers: Any) -> int:
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers={num_workers!r} must be a non-negative integer")
-    return num_workers
 
 
 def _plain_domain(domain: Any) -> Any:
@@ -312,14 +321,14 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
         self._noise_level = _check_noise(noise_level)
         self._seed = int(seed)
         self._batch_size = _check_batch_size(batch_size)
-        self._num_workers = _check_workers(num_workers)
+        self._num_workers = _check_count("num_workers", num_workers, 0)
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"sampling={sampling!r} must be one of {SAMPLING_MODES}")
         if sampling == "grid":
             grid_points_per_axis(n_samples, self._target.input_dim)
         self._sampling = sampling
-        self._normalize_inputs = bool(normalize_inputs)
-        self._normalize_targets = bool(normalize_targets)
+        self._normalize_inputs = _check_flag("normalize_inputs", normalize_inputs)
+        self._normalize_targets = _check_flag("normalize_targets", normalize_targets)
         self._raw: dict[str, tuple[Tensor, Tensor]] | None = None
         self._data: dict[str, tuple[Tensor, Tensor]] = {}
         self._norm: dict[str, Tensor] | None = None

@@ -1,27 +1,12 @@
-"""Pure-PyTorch KAN building blocks (no Lightning, Hydra or plotting imports)."""
+"""Pure-PyTorch KAN building blocks (no Lightning, Hydra or plotting imports).
 
+The B-spline functions live in :mod:`kan_lightning.nn.splines`."""
+
+from .config import KANConfig, SplineConfig
 from .hybrid import HybridKAN
 from .layer import KANLayer
 from .mlp import MLP
 from .network import KAN
-from .splines import (
-    bspline_basis,
-    bspline_basis_reference,
-    bspline_local,
-    extend_knots,
-    fit_coefficients,
-    uniform_grid,
-)
+from .splines import fit_coefficients
 
-__all__ = [
-    "HybridKAN",
-    "KAN",
-    "KANLayer",
-    "MLP",
-    "bspline_basis",
-    "bspline_basis_reference",
-    "bspline_local",
-    "extend_knots",
-    "fit_coefficients",
-    "uniform_grid",
-]
+__all__ = ["HybridKAN", "KAN", "KANConfig", "KANLayer", "MLP", "SplineConfig", "fit_coefficients"]

@@ -9,7 +9,7 @@ derivatives, product and sum over bases into another. Saved for backward: ``x``,
 re-laid-out coefficients and the basis matrix (``4 (G + k)`` bytes per input in float32, less
 than the eager kernels' ``16 (k + 1)`` at the small grids this path is for).
 
-The numbers are the eager kernels' (:mod:`kan_lightning.nn.kernels`): the same interval
+The numbers are the eager kernels' (:mod:`kan_lightning.nn.bases`): the same interval
 decision from the actual knots, the same exact polynomials, zeros selected rather than
 computed, so the scipy and gradcheck tests hold for it too.
 
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import kernels
+from . import bases
 
 # False: run the same functions eagerly (tests of the numbers without compile time; debugging).
 COMPILE = True
@@ -53,10 +53,10 @@ def _select(values: Tensor, j: Tensor, spline_order: int, n_bases: int) -> Tenso
 
 
 def _local(x: Tensor, grid: Tensor, tables: dict, spline_order: int, uniform: bool, derivatives: bool):
-    """:func:`kernels._local_bases` with the grid's tables computed (and cached) outside, as a
+    """:func:`bases._local_bases` with the grid's tables computed (and cached) outside, as a
     separate compiled loop: inlined into the expansion, the interval search and polynomials
     would be recomputed for every basis."""
-    return kernels._local_bases(x, grid, spline_order, uniform, derivatives, tables)
+    return bases._local_bases(x, grid, spline_order, uniform, derivatives, tables)
 
 
 def _expand(values: Tensor, j: Tensor, spline_order: int, n_bases: int) -> Tensor:
@@ -72,7 +72,7 @@ def _grad_x(derivs: Tensor, j: Tensor, scale: Tensor | None, dots: Tensor, splin
 
 
 def _bases(x: Tensor, grid: Tensor, spline_order: int, uniform: bool, n_bases: int) -> Tensor:
-    tables = kernels._grid_tables(grid, spline_order, uniform)
+    tables = bases._grid_tables(grid, spline_order, uniform)
     values, _, j, _ = _run("local", _local, x, grid, tables, spline_order, uniform, False)
     return _run("expand", _expand, values, j, spline_order, n_bases)
 
@@ -117,7 +117,7 @@ class FusedSplineContraction(torch.autograd.Function):
             if spline_order == 0:  # piecewise constant: zero derivative almost everywhere
                 grad_x = torch.zeros_like(x)
             else:
-                tables = kernels._grid_tables(grid, spline_order, uniform)
+                tables = bases._grid_tables(grid, spline_order, uniform)
                 _, derivs, j, scale = _run("local", _local, x, grid, tables, spline_order, uniform, True)
                 grad_x = _run("grad_x", _grad_x, derivs, j, scale, grad_out @ coef_t, spline_order, n_bases)
         if ctx.needs_input_grad[2]:

@@ -6,10 +6,11 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
-from .network import KAN, check_widths
+from .config import Widths, check_count, check_widths
+from .network import KAN
 
 
-class HybridKAN(nn.Module):
+class HybridKAN(Widths, nn.Module):
     """``layers_hidden = [in, hidden..., out]``: a KAN ``[in, hidden..., tokens * embed_dim]``
     encodes each sample into ``tokens`` tokens of size ``embed_dim``; multi-head self-attention
     (with a residual connection and layer norm) mixes them; the mean token goes through a linear
@@ -30,8 +31,7 @@ class HybridKAN(nn.Module):
         super().__init__()
         widths = check_widths(layers_hidden)
         for name, value in (("tokens", tokens), ("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            check_count(name, value, 1)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
         self.layers_hidden = widths
@@ -40,18 +40,12 @@ class HybridKAN(nn.Module):
         self.attention = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, widths[-1])
-        encoder_config = {k: v for k, v in self.encoder.config.items() if k != "layers_hidden"}
-        self.config = dict(
-            layers_hidden=widths, tokens=tokens, embed_dim=embed_dim, num_heads=num_heads, dropout=dropout, **encoder_config
-        )
+        self.attention_options = dict(tokens=tokens, embed_dim=embed_dim, num_heads=num_heads, dropout=dropout)
 
     @property
-    def in_features(self) -> int:
-        return self.layers_hidden[0]
-
-    @property
-    def out_features(self) -> int:
-        return self.layers_hidden[-1]
+    def config(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this model as it is now (the encoder's current grid)."""
+        return {**self.encoder.config, "layers_hidden": self.layers_hidden, **self.attention_options}
 
     @property
     def regularization(self) -> dict[str, float]:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .activations import make_activation
-from .kernels import CONTRACTIONS, spline_contract
+from .config import SplineConfig, check_count, signature_of
+from .kernels import spline_contract
+from .knots import is_uniform
 from .splines import (
     bspline_basis,
     bspline_basis_derivative,
@@ -20,24 +22,6 @@ from .splines import (
 )
 
 
-EXTRAPOLATIONS = ("bases", "linear")
-
-
-def check_grid_args(grid_size: int, spline_order: int, grid_range: Sequence[float]) -> tuple[float, float]:
-    """Validate the spline hyperparameters; returns ``grid_range`` as a float pair."""
-    if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
-        raise ValueError(f"grid_size must be an integer >= 1, got {grid_size!r}")
-    if isinstance(spline_order, bool) or not isinstance(spline_order, int) or spline_order < 0:
-        raise ValueError(f"spline_order must be an integer >= 0, got {spline_order!r}")
-    try:
-        lo, hi = (float(v) for v in grid_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"grid_range must be a pair (low, high), got {grid_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-        raise ValueError(f"grid_range must be finite with low < high, got {grid_range!r}")
-    return lo, hi
-
-
 class KANLayer(nn.Module):
     """One KAN layer mapping ``in_features`` to ``out_features``.
 
@@ -45,75 +29,29 @@ class KANLayer(nn.Module):
     + spline_scaler[j, i] * sum_m spline_weight[j, i, m] * B_m(x_i)`` and output ``j`` sums
     its edges. ``mask`` (a buffer of ones) switches edges off after pruning.
 
-    Args:
-        grid_size: number of grid intervals ``G`` on ``grid_range``.
-        spline_order: B-spline order ``k`` (3 = cubic); each edge has ``G + k`` coefficients.
-        scale_noise: spread of the random initial spline coefficients (divided by ``G``).
-        scale_base: gain of the Xavier-uniform initial base weights.
-        scale_spline: initial value of the per-edge spline scale.
-        base_activation: ``b(x)`` of the base branch: a name (``"silu"``), class or module.
-        grid_eps: in :meth:`update_grid`, weight of the uniform grid against the data
-            quantiles (1 = uniform, 0 = fully adaptive).
-        basis: ``"fast"`` (only the ``k + 1`` non-zero bases) or ``"reference"`` (full
-            Cox-de Boor recursion; for tests and benchmarks).
-        extrapolate: the splines past the ends of the grid range. ``"bases"``: the B-spline
-            bases continue over the ``k`` outer knots and vanish beyond (as in pykan; far
-            outside only the base branch is left). ``"linear"``: each spline continues along
-            its tangent at the nearest end. The outermost coefficients are barely constrained
-            by data inside the range, so with ``"bases"`` a fine grid fitted to the training
-            data can swing far just outside it, where some test points land.
-        contraction: how the fast spline branch contracts (``basis="fast"``): ``"auto"`` (by
-            shape), ``"dense"``, ``"local"`` or ``"fused"`` (compiled on first use; fastest at
-            small grids once compiled; see :mod:`~kan_lightning.nn.fused`).
+    The keyword options are the fields of :class:`~kan_lightning.nn.config.SplineConfig`.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        grid_size: int = 5,
-        spline_order: int = 3,
-        grid_range: Sequence[float] = (-1.0, 1.0),
-        scale_noise: float = 0.1,
-        scale_base: float = 1.0,
-        scale_spline: float = 1.0,
-        base_activation: str | type | nn.Module = "silu",
-        grid_eps: float = 0.02,
-        basis: str = "fast",
-        extrapolate: str = "bases",
-        contraction: str = "auto",
-    ) -> None:
+    __signature__ = signature_of(SplineConfig, "in_features", "out_features")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        lo, hi = check_grid_args(grid_size, spline_order, grid_range)
-        if not 0.0 <= grid_eps <= 1.0:
-            raise ValueError(f"grid_eps must be in [0, 1], got {grid_eps!r}")
-        if basis not in ("fast", "reference"):
-            raise ValueError(f"basis must be 'fast' or 'reference', got {basis!r}")
-        if extrapolate not in EXTRAPOLATIONS:
-            raise ValueError(f"extrapolate must be one of {EXTRAPOLATIONS}, got {extrapolate!r}")
-        if contraction not in CONTRACTIONS:
-            raise ValueError(f"contraction must be one of {CONTRACTIONS}, got {contraction!r}")
-        self.contraction = contraction
-        self.in_features = in_features
-        self.out_features = out_features
-        self.grid_size = grid_size
-        self.spline_order = spline_order
-        self.grid_eps = grid_eps
-        self.basis = basis
-        self.extrapolate = extrapolate
+        options = self.__signature__.bind(*args, **kwargs).arguments
+        in_features = self.in_features = check_count("in_features", options.pop("in_features"), 1)
+        out_features = self.out_features = check_count("out_features", options.pop("out_features"), 1)
+        spline = SplineConfig(**options)
+        for name in ("grid_size", "spline_order", "grid_eps", "basis", "extrapolate", "contraction"):
+            setattr(self, name, getattr(spline, name))
         # Whether the knots are equally spaced (enables the closed-form basis kernel).
         self.uniform_grid = True
 
-        self.register_buffer("grid", uniform_grid(in_features, grid_size, spline_order, (lo, hi)))
+        self.register_buffer("grid", uniform_grid(in_features, spline.grid_size, spline.spline_order, spline.grid_range))
         self.register_buffer("mask", torch.ones(out_features, in_features))
         self.base_weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order))
+        self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, spline.grid_size + spline.spline_order))
         self.spline_scaler = nn.Parameter(torch.empty(out_features, in_features))
-        self.base_activation = make_activation(base_activation)
-        self.reset_parameters(scale_noise, scale_base, scale_spline)
+        self.base_activation = make_activation(spline.base_activation)
+        self.reset_parameters(spline.scale_noise, spline.scale_base, spline.scale_spline)
 
     @torch.no_grad()
     def reset_parameters(self, scale_noise: float = 0.1, scale_base: float = 1.0, scale_spline: float = 1.0) -> None:
@@ -292,7 +230,7 @@ class KANLayer(nn.Module):
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"grid_eps must be in [0, 1], got {eps!r}")
         size = self.grid_size if grid_size is None else grid_size
-        check_grid_args(size, self.spline_order, (0, 1))
+        check_count("grid_size", size, 1)
         x = self._check_input(x).detach()
         with torch.no_grad():
             xs = x.to(self.grid.dtype).sort(dim=0).values.T  # (in, N)
@@ -333,7 +271,7 @@ class KANLayer(nn.Module):
         its shape and a uniform refinement by an integer factor contains the old knots); the
         coefficients are refit by least squares on dense samples of the grid range.
         """
-        check_grid_args(new_grid_size, self.spline_order, (0, 1))
+        check_count("grid_size", new_grid_size, 1)
         with torch.no_grad():
             interior = self.grid_interior()
             old = torch.linspace(0, 1, interior.shape[-1], dtype=torch.float64, device=interior.device)
@@ -346,13 +284,6 @@ class KANLayer(nn.Module):
             x[-1] = x[-1].nextafter(x[0])  # half-open bases: with k = 0 the end is outside
         # Dense samples support every basis: no ridge, so nested grids reproduce the spline exactly.
         self._refit(x.to(self.grid.dtype), new_grid, uniform=self.uniform_grid, ridge=0.0)
-
-
-def is_uniform(grid: Tensor) -> bool:
-    """Whether every row of knots is equally spaced, up to the rounding of the grid's dtype."""
-    steps = grid.diff(dim=-1).double()
-    tol = 64 * torch.finfo(grid.dtype).eps * grid.abs().amax().double().clamp(min=1)
-    return bool(((steps - steps[:, :1]).abs() <= tol).all())
 
 
 def _interp_rows(query: Tensor, xp: Tensor, fp: Tensor) -> Tensor:

@@ -7,10 +7,10 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from .activations import make_activation
-from .network import check_widths
+from .config import Widths, check_widths
 
 
-class MLP(nn.Module):
+class MLP(Widths, nn.Module):
     """``Linear -> activation`` blocks for every hidden width, and a final ``Linear``."""
 
     def __init__(self, layers_hidden: Sequence[int], activation: str = "silu", bias: bool = True) -> None:
@@ -24,14 +24,6 @@ class MLP(nn.Module):
             if i < len(widths) - 2:
                 blocks.append(make_activation(activation))
         self.net = nn.Sequential(*blocks)
-
-    @property
-    def in_features(self) -> int:
-        return self.layers_hidden[0]
-
-    @property
-    def out_features(self) -> int:
-        return self.layers_hidden[-1]
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:

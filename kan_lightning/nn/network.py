@@ -2,122 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from . import pruning
 from . import regularization as reg
+from .config import REGULARIZATION_TERMS, KANConfig, Widths, check_regularization, signature_of  # noqa: F401 (re-exported)
 from .intervals import layer_bounds
 from .layer import KANLayer
-
-
-def check_widths(layers_hidden: Sequence[int], name: str = "layers_hidden") -> list[int]:
-    """Validate a list of layer widths (input first, output last)."""
-    try:
-        widths = [int(w) for w in layers_hidden]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a list of positive integers, got {layers_hidden!r}") from None
-    if len(widths) < 2 or any(w < 1 for w in widths) or any(w != v for w, v in zip(widths, layers_hidden)):
-        raise ValueError(f"{name} must list at least two positive integer widths, got {list(layers_hidden)!r}")
-    return widths
 
 
 # how update_grid sizes the hidden layers' grids: the activations' range plus a margin, or
 # interval bounds over the whole input box
 HIDDEN_RANGES = ("margin", "interval")
 
-REGULARIZATION_TERMS = ("l1", "entropy", "coef_l1", "coef_entropy", "smoothness")
 
-
-def check_regularization(weights: Mapping[str, float]) -> dict[str, float]:
-    """Validate penalty weights by name; missing names get weight 0."""
-    unknown = sorted(set(weights) - set(REGULARIZATION_TERMS))
-    if unknown:
-        raise ValueError(f"unknown regularization term(s) {unknown}; known: {', '.join(REGULARIZATION_TERMS)}")
-    checked = {}
-    for name in REGULARIZATION_TERMS:
-        value = weights.get(name, 0.0)
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"regularization.{name} must be a number, got {value!r}") from None
-        if not value >= 0 or value == float("inf"):
-            raise ValueError(f"regularization.{name} must be a finite number >= 0, got {value!r}")
-        checked[name] = value
-    return checked
-
-
-class KAN(nn.Module):
+class KAN(Widths, nn.Module):
     """A Kolmogorov-Arnold network, e.g. ``KAN([2, 20, 20, 1], grid_size=5, spline_order=3)``.
 
-    The spline keyword arguments are passed to each :class:`KANLayer`. ``regularization`` holds
-    the default penalty weights (``l1``, ``entropy``, ``coef_l1``, ``coef_entropy``,
-    ``smoothness``) used by :meth:`regularization_loss`; schedules may change them in place.
+    The keyword arguments are the fields of :class:`~kan_lightning.nn.config.KANConfig`: the
+    spline options are passed to each :class:`KANLayer`; ``regularization`` holds the default
+    penalty weights (``l1``, ``entropy``, ``coef_l1``, ``coef_entropy``, ``smoothness``) used by
+    :meth:`regularization_loss`; schedules may change them in place.
     """
 
-    def __init__(
-        self,
-        layers_hidden: Sequence[int],
-        grid_size: int = 5,
-        spline_order: int = 3,
-        grid_range: Sequence[float] = (-1.0, 1.0),
-        scale_noise: float = 0.1,
-        scale_base: float = 1.0,
-        scale_spline: float = 1.0,
-        base_activation: str | type | nn.Module = "silu",
-        grid_eps: float = 0.02,
-        basis: str = "fast",
-        extrapolate: str = "bases",
-        regularization: Mapping[str, float] | None = None,
-        contraction: str = "auto",
-    ) -> None:
+    __signature__ = signature_of(KANConfig, "layers_hidden")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        widths = check_widths(layers_hidden)
-        self.regularization = check_regularization(regularization or {})
-        self.layers_hidden = widths
+        self.hparams = KANConfig(**self.__signature__.bind(*args, **kwargs).arguments)
+        self.layers_hidden = self.hparams.layers_hidden
+        self.regularization = self.hparams.regularization
         self.layers = nn.ModuleList(
-            KANLayer(
-                w_in,
-                w_out,
-                grid_size=grid_size,
-                spline_order=spline_order,
-                grid_range=tuple(grid_range),
-                scale_noise=scale_noise,
-                scale_base=scale_base,
-                scale_spline=scale_spline,
-                base_activation=base_activation,
-                grid_eps=grid_eps,
-                basis=basis,
-                extrapolate=extrapolate,
-                contraction=contraction,
-            )
-            for w_in, w_out in zip(widths[:-1], widths[1:])
-        )
-        activation = base_activation if isinstance(base_activation, str) else None
-        self.config: dict[str, Any] = dict(
-            layers_hidden=widths,
-            grid_size=grid_size,
-            spline_order=spline_order,
-            grid_range=[float(v) for v in grid_range],
-            scale_noise=scale_noise,
-            scale_base=scale_base,
-            scale_spline=scale_spline,
-            grid_eps=grid_eps,
-            basis=basis,
-            extrapolate=extrapolate,
-            regularization=self.regularization,
-            contraction=contraction,
-            **({"base_activation": activation} if activation else {}),
+            KANLayer(w_in, w_out, **self.hparams.layer_options())
+            for w_in, w_out in zip(self.layers_hidden[:-1], self.layers_hidden[1:])
         )
 
     @property
-    def in_features(self) -> int:
-        return self.layers_hidden[0]
-
-    @property
-    def out_features(self) -> int:
-        return self.layers_hidden[-1]
+    def config(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this model as it is now (``KAN(**model.config)``): the
+        current grid size and penalty weights; an activation given as a class or module is left
+        out."""
+        return {**self.hparams.as_dict(), "grid_size": self.grid_size, "regularization": dict(self.regularization)}
 
     @property
     def grid_size(self) -> int:
@@ -215,7 +143,6 @@ class KAN(nn.Module):
                     box = (interior[:, 0], interior[:, -1])
                 box = layer_bounds(layer, *box)
             x = layer(x)
-        self.config["grid_size"] = self.grid_size
 
     @torch.no_grad()
     def extend_grid(
@@ -241,28 +168,21 @@ class KAN(nn.Module):
             return
         for layer in self.layers:
             layer.extend_grid(new_grid_size)
-        self.config["grid_size"] = new_grid_size
 
     # -- pruning ----------------------------------------------------------------------------
 
     def edge_scores(self, x: Tensor) -> list[Tensor]:
         """Per layer, each edge's mean ``|phi|`` on ``x`` (``(out, in)``; masked edges: 0)."""
-        from .pruning import edge_scores
-
-        return edge_scores(self, x)
+        return pruning.edge_scores(self, x)
 
     def prune(self, x: Tensor, threshold: float = 1e-2) -> "KAN":
         """A new, smaller KAN without the hidden nodes whose incoming or outgoing score on ``x``
         is at most ``threshold`` (KAN paper: a node's score is the max mean ``|phi|`` of its
         edges on each side). Inputs and outputs are kept; this model is unchanged.
         See :mod:`kan_lightning.nn.pruning`."""
-        from .pruning import prune
-
-        return prune(self, x, threshold)
+        return pruning.prune(self, x, threshold)
 
     def prune_edges(self, threshold: float = 1e-2, x: Tensor | None = None) -> int:
         """Mask the edges whose mean ``|phi|`` (on ``x``, or on the grid range without data) is
         at most ``threshold``, in place; returns how many edges were newly masked."""
-        from .pruning import prune_edges
-
-        return prune_edges(self, threshold, x)
+        return pruning.prune_edges(self, threshold, x)

@@ -10,17 +10,13 @@ pruning edges switches them off in place through each layer's ``mask``.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .network import KAN
+from torch import Tensor, nn
 
 
 @torch.no_grad()
-def edge_scores(model: "KAN", x: Tensor, chunk_size: int = 4096) -> list[Tensor]:
+def edge_scores(model: nn.Module, x: Tensor, chunk_size: int = 4096) -> list[Tensor]:
     """Per layer, every edge's mean ``|phi|`` on ``x``: one ``(out, in)`` tensor per layer.
 
     Masked edges score zero. ``x`` is processed in chunks of ``chunk_size`` rows.
@@ -44,7 +40,7 @@ def edge_scores(model: "KAN", x: Tensor, chunk_size: int = 4096) -> list[Tensor]
 
 
 @torch.no_grad()
-def grid_edge_scores(model: "KAN", samples: int = 101) -> list[Tensor]:
+def grid_edge_scores(model: nn.Module, samples: int = 101) -> list[Tensor]:
     """A data-free edge score: mean ``|phi|`` on ``samples`` equally spaced points of each
     input's grid range (for :func:`prune_edges` without data)."""
     scores = []
@@ -64,7 +60,7 @@ def node_scores(scores: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
     return [(scores[l].amax(dim=1), scores[l + 1].amax(dim=0)) for l in range(len(scores) - 1)]
 
 
-def select_nodes(model: "KAN", x: Tensor, threshold: float = 1e-2) -> list[Tensor]:
+def select_nodes(model: nn.Module, x: Tensor, threshold: float = 1e-2) -> list[Tensor]:
     """The indices of the nodes to keep in every layer of widths (inputs and outputs: all).
 
     A hidden node is kept when its incoming and outgoing scores both exceed ``threshold``; if
@@ -86,7 +82,7 @@ def select_nodes(model: "KAN", x: Tensor, threshold: float = 1e-2) -> list[Tenso
 
 
 @torch.no_grad()
-def mask_nodes(model: "KAN", keep: list[Tensor]) -> "KAN":
+def mask_nodes(model: nn.Module, keep: list[Tensor]) -> nn.Module:
     """A copy of ``model`` with every edge into or out of a dropped node masked to zero: the
     function that :func:`prune_nodes` computes with the full widths."""
     masked = copy.deepcopy(model)
@@ -101,28 +97,23 @@ def mask_nodes(model: "KAN", keep: list[Tensor]) -> "KAN":
 
 
 @torch.no_grad()
-def prune_nodes(model: "KAN", keep: list[Tensor]) -> "KAN":
+def prune_nodes(model: nn.Module, keep: list[Tensor]) -> nn.Module:
     """A new :class:`KAN` with only the nodes ``keep[l]`` of every width ``l``.
 
     Grids, coefficients, base weights, spline scales and masks of the kept edges are copied,
     so the result computes exactly what :func:`mask_nodes` computes (up to float rounding).
     """
-    from .network import KAN
-
     if len(keep) != len(model.layers_hidden):
         raise ValueError(f"keep needs one index list per width ({len(model.layers_hidden)}), got {len(keep)}")
     for l in (0, -1):
         if len(keep[l]) != model.layers_hidden[l]:
             raise ValueError("input and output nodes cannot be pruned")
     widths = [int(len(k)) for k in keep]
-    config = dict(model.config)
-    config["layers_hidden"] = widths
-    config["grid_size"] = model.grid_size
-    config["regularization"] = dict(model.regularization)
+    config = {**model.config, "layers_hidden": widths}
     if "base_activation" not in config:  # a module given as the activation: reuse a copy
         config["base_activation"] = copy.deepcopy(model.layers[0].base_activation)
     param = next(model.parameters())
-    pruned = KAN(**config).to(device=param.device, dtype=param.dtype)
+    pruned = type(model)(**config).to(device=param.device, dtype=param.dtype)
     for l, (old, new) in enumerate(zip(model.layers, pruned.layers)):
         rows = keep[l + 1].to(param.device)
         cols = keep[l].to(param.device)
@@ -138,13 +129,13 @@ def prune_nodes(model: "KAN", keep: list[Tensor]) -> "KAN":
     return pruned
 
 
-def prune(model: "KAN", x: Tensor, threshold: float = 1e-2) -> "KAN":
+def prune(model: nn.Module, x: Tensor, threshold: float = 1e-2) -> nn.Module:
     """Score nodes on ``x`` and return the smaller KAN without the unimportant hidden nodes."""
     return prune_nodes(model, select_nodes(model, x, threshold))
 
 
 @torch.no_grad()
-def prune_edges(model: "KAN", threshold: float = 1e-2, x: Tensor | None = None) -> int:
+def prune_edges(model: nn.Module, threshold: float = 1e-2, x: Tensor | None = None) -> int:
     """Mask (in place) every edge whose score is at most ``threshold``; returns how many edges
     were newly masked. Scores come from ``x`` when given, else from each grid's range."""
     if not threshold >= 0:

@@ -16,34 +16,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .bases import local_bases
+from .knots import extend_knots, uniform_grid
 
-def uniform_grid(
-    in_features: int,
-    grid_size: int,
-    spline_order: int,
-    grid_range: tuple[float, float] = (-1.0, 1.0),
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Uniform knots on ``grid_range`` with ``spline_order`` extra knots on each side."""
-    lo, hi = float(grid_range[0]), float(grid_range[1])
-    h = (hi - lo) / grid_size
-    steps = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float64)
-    knots = (lo + h * steps).to(dtype=dtype or torch.get_default_dtype(), device=device)
-    return knots.expand(in_features, -1).contiguous()
-
-
-def extend_knots(interior: Tensor, spline_order: int) -> Tensor:
-    """Add ``spline_order`` knots on each side of ``interior`` (shape ``(in, G+1)``),
-    spaced like the first and last interval, so bases near the edges have full support."""
-    if spline_order == 0:
-        return interior
-    steps = torch.arange(1, spline_order + 1, dtype=interior.dtype, device=interior.device)
-    h_lo = interior[:, 1:2] - interior[:, 0:1]
-    h_hi = interior[:, -1:] - interior[:, -2:-1]
-    left = interior[:, 0:1] - h_lo * steps.flip(0)
-    right = interior[:, -1:] + h_hi * steps
-    return torch.cat([left, interior, right], dim=1)
+__all__ = [
+    "bspline_basis",
+    "bspline_basis_derivative",
+    "bspline_basis_reference",
+    "bspline_local",
+    "extend_knots",
+    "fit_coefficients",
+    "uniform_grid",
+]
 
 
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -79,41 +63,6 @@ def bspline_basis_derivative(x: Tensor, grid: Tensor, spline_order: int) -> Tens
     return k * (scaled[..., :-1] - scaled[..., 1:])
 
 
-def _local_values_uniform(frac: Tensor, spline_order: int) -> list[Tensor]:
-    """The ``k + 1`` non-zero uniform B-spline values at fractional position ``frac`` in [0, 1)
-    of an interval (de Boor's triangle with the knot differences in units of the spacing)."""
-    values = [torch.ones_like(frac)]
-    for r in range(1, spline_order + 1):
-        saved = torch.zeros_like(frac)
-        new = []
-        for s in range(r):
-            # right_{s+1} = s + 1 - frac, left_{r-s} = frac + r - s - 1, their sum is r.
-            temp = values[s] / r
-            new.append(saved + (s + 1 - frac) * temp)
-            saved = (frac + (r - s - 1)) * temp
-        values = new + [saved]
-    return values
-
-
-def _local_values_general(x: Tensor, knots: list[Tensor], spline_order: int) -> list[Tensor]:
-    """The ``k + 1`` non-zero B-spline values at ``x`` in interval ``[t_j, t_{j+1})`` given
-    ``knots = [t_{j-k+1}, ..., t_{j+k}]`` (de Boor's BSPLVB triangle)."""
-    k = spline_order
-    # knots[k - 1] is t_j; left_r = x - t_{j+1-r}, right_r = t_{j+r} - x.
-    left = [None] + [x - knots[k - r] for r in range(1, k + 1)]
-    right = [None] + [knots[k - 1 + r] - x for r in range(1, k + 1)]
-    values = [torch.ones_like(x)]
-    for r in range(1, k + 1):
-        saved = torch.zeros_like(x)
-        new = []
-        for s in range(r):
-            temp = _safe_div(values[s], right[s + 1] + left[r - s])
-            new.append(saved + right[s + 1] * temp)
-            saved = left[r - s] * temp
-        values = new + [saved]
-    return values
-
-
 def bspline_local(
     x: Tensor, grid: Tensor, spline_order: int, uniform: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -121,42 +70,15 @@ def bspline_local(
 
     Returns ``values`` of shape ``(N, in, k + 1)`` and ``start`` of shape ``(N, in)`` (int64):
     ``values[..., m]`` is basis ``start + m``. Entries whose basis index falls outside
-    ``[0, G + k)``, or whose input lies outside ``[t_0, t_last)``, are zero and their index is
-    clamped into range, so the result can be scattered or gathered without masks.
+    ``[0, G + k)``, or whose input lies outside ``[t_0, t_last)``, are zero, so the result can
+    be scattered (indices clamped into range) or gathered without masks.
 
-    ``uniform=True`` uses the closed form for equally spaced knots (no knot gathers).
+    ``uniform=True`` uses the closed form for equally spaced knots (no knot gathers). The
+    spline kernels' own bases (:func:`~kan_lightning.nn.bases.local_bases`).
     """
-    k = spline_order
-    n_knots = grid.shape[-1]
-    n_bases = n_knots - k - 1
-    inside = (x >= grid[:, 0]) & (x < grid[:, -1])
-
-    if uniform:
-        h = (grid[:, -1] - grid[:, 0]) / (n_knots - 1)
-        pos = (x - grid[:, 0]) / h
-        j = pos.floor().clamp(0, n_knots - 2)
-        # Rounding can put x a hair on the wrong side of a knot; the knots decide.
-        j_long = j.long()
-        t_j = torch.gather(grid, 1, j_long.T).T
-        t_next = torch.gather(grid, 1, (j_long + 1).clamp(max=n_knots - 1).T).T
-        j_long = j_long - (x < t_j).long() + (x >= t_next).long()
-        j_long = j_long.clamp(0, n_knots - 2)
-        t_j = torch.gather(grid, 1, j_long.T).T
-        frac = ((x - t_j) / h).clamp(0, 1)
-        values = _local_values_uniform(frac, k)
-    else:
-        j_long = torch.searchsorted(grid, x.T.contiguous(), right=True).T - 1
-        j_long = j_long.clamp(0, n_knots - 2)
-        padded = extend_knots(grid, k)
-        # knots t_{j-k+1}, ..., t_{j+k} sit at padded positions j+1, ..., j+2k.
-        knots = [torch.gather(padded, 1, (j_long + m).T).T for m in range(1, 2 * k + 1)]
-        values = _local_values_general(x, knots, k)
-
-    start = j_long - k
-    index = start.unsqueeze(-1) + torch.arange(k + 1, device=x.device)
-    valid = (index >= 0) & (index < n_bases) & inside.unsqueeze(-1)
-    values = torch.stack(values, dim=-1) * valid.to(x.dtype)
-    return values, start
+    values, _, start = local_bases(x, grid, spline_order, uniform, derivatives=False)
+    n_bases = grid.shape[-1] - spline_order - 1
+    return values, start.clamp(-spline_order, n_bases - 1)
 
 
 def bspline_basis(x: Tensor, grid: Tensor, spline_order: int, uniform: bool = False) -> Tensor:
