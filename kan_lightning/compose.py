@@ -7,6 +7,7 @@ import functools
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
+import kan_lightning.resolvers  # noqa: F401  (the configs use its resolvers)
 from hydra import compose, initialize_config_module
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.global_hydra import GlobalHydra
