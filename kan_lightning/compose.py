@@ -3,6 +3,7 @@ command line (used by the Python API, so that both read the same ``conf/`` files
 
 from __future__ import annotations
 
+import copy
 import functools
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -38,6 +39,12 @@ def group_options(group: str) -> tuple[str, ...]:
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
-    """The composed config (without Hydra's own node) for command-line ``overrides``."""
+    """The composed config (without Hydra's own node) for command-line ``overrides``: a copy,
+    the caller's to change."""
+    return copy.deepcopy(_composed(tuple(overrides), config_name))
+
+
+@functools.lru_cache(maxsize=64)  # composing reads every file of the config tree
+def _composed(overrides: tuple[str, ...], config_name: str) -> DictConfig:
     with _package_configs():
         return compose(config_name, overrides=list(overrides))

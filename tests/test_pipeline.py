@@ -53,9 +53,12 @@ def test_optimizer_and_schedule_come_from_the_conf_files():
 
 
 def test_composing_leaves_a_running_hydra_alone():
-    """Inside an initialized Hydra (a user's own Hydra app), KANTrainer leaves it usable."""
+    """Inside an initialized Hydra (a user's own Hydra app), composing leaves it usable."""
+    from kan_lightning.compose import compose_config
+
     GlobalHydra.instance().clear()
     with initialize_config_module("kan_lightning.conf", version_base="1.3"):
+        assert compose_config(["optimizer=adamw", "seed=1234567"]).seed == 1234567  # not composed before
         KANTrainer(KAN([2, 1]), optimizer_name="AdamW")
         assert GlobalHydra.instance().is_initialized()
         assert compose("train", overrides=["optimizer=sgd"]).optimizer._target_ == "torch.optim.SGD"
