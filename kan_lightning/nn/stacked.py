@@ -157,7 +157,8 @@ class StackedKAN(nn.Module):
 
     def model(self, m: int) -> KAN:
         """Model ``m`` as a plain KAN (a copy: changing it leaves the stack alone)."""
-        kan = copy.deepcopy(self._template)
+        weight = self.layers[0].base_weight
+        kan = copy.deepcopy(self._template).to(device=weight.device, dtype=weight.dtype)
         state = {}
         for i, layer in enumerate(self.layers):
             for name in (*STACKED_PARAMETERS, *STACKED_BUFFERS):
@@ -197,12 +198,14 @@ class StackedKAN(nn.Module):
         self.__dict__["_template"] = copy.deepcopy(models[0])
         return in_place
 
-    def update_grid(self, xs: Tensor, **kwargs) -> bool:
+    def update_grid(self, xs: Tensor, only: Sequence[bool] | None = None, **kwargs) -> bool:
         """:meth:`KAN.update_grid` of each model on its own inputs ``xs[m]`` (``(M, N, in)``),
-        with the same keyword arguments; returns :meth:`load_models`' answer."""
+        with the same keyword arguments (``only``: just the models marked ``True``); returns
+        :meth:`load_models`' answer."""
         models = self.unstack()
-        for model, x in zip(models, xs):
-            model.update_grid(x, **kwargs)
+        for m, (model, x) in enumerate(zip(models, xs)):
+            if only is None or only[m]:
+                model.update_grid(x, **kwargs)
         return self.load_models(models)
 
     def extend_grid(self, new_grid_size: int, xs: Tensor | None = None, **kwargs) -> bool:
