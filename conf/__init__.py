@@ -82,3 +82,14 @@ def _register_slurm_launcher() -> None:
 
 
 _register_slurm_launcher()
+
+
+def _register_stacked_launcher() -> None:
+    """The stacked launcher (``launcher=stacked``), registered by hand like the SLURM one."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.kan_lightning_stacked import StackedLauncher
+
+    Plugins.instance().register(StackedLauncher)
+
+
+_register_stacked_launcher()

@@ -71,7 +71,8 @@ class Job:
     diverged: TrainingDivergedAt | None = None
 
     def __post_init__(self) -> None:
-        self.output_dir = Path(self.cfg.paths.output_dir)
+        with job_context(self):  # (the path may come from Hydra's runtime)
+            self.output_dir = Path(self.cfg.paths.output_dir)
 
 
 @dataclass
@@ -312,7 +313,7 @@ def _fit_and_test(jobs: list[Job]) -> None:
         train_values = metrics.compute("train")
         val_values = _evaluate(stack, *data["val"], jobs, batch_size, "val", scale)
         for m in range(n_models):
-            loss_step = float(loss[m])
+            loss_step = float(loss[m].detach())
             values = {
                 **{k.replace("train/loss", "train/loss_epoch"): v for k, v in train_values[m].items() if k == "train/loss"},
                 "train/objective_epoch": train_values[m]["train/loss"],

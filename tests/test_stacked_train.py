@@ -74,3 +74,32 @@ def test_jobs_that_cannot_stack_are_named():
     configs[1]["model"] = {**configs[1]["model"], "grid_size": 7}
     groups, alone = plan(configs)
     assert groups == [] and set(alone) == {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_launcher_stacks_a_sweep_and_runs_failing_jobs_alone(make_cfg, tmp_path):
+    """``kan-train -m launcher=stacked``: the two jobs of one shape train stacked and match a
+    separate run; the jobs whose data fails run alone and record the failure as usual."""
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    common = ["model.layers_hidden=[2,3,1]", "data.n_samples=200", "trainer.max_epochs=2", "trainer.precision=64-true",
+              "data.input_dim=2", "data.domain=[-1,1]", "callbacks.grid_update.every_n_steps=2"]
+    formulas = "data.formula='exp(sin(pi*x0)+x1**2)','log(x0-5)'"
+    done = subprocess.run(
+        [sys.executable, "-m", "kan_lightning.train", "-m", "launcher=stacked", "seed=1,2", formulas, *common, f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )
+    assert "training 2 jobs stacked" in done.stderr + done.stdout, done.stderr[-3000:]
+    records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
+    assert len(records) == 4
+    good = {k: v for k, v in records.items() if "exp" in k}
+    bad = {k: v for k, v in records.items() if "log" in k}
+    assert all(r["status"] == "completed" and r["stacked"]["models"] == 2 for r in good.values())
+    assert all(r["status"] == "failed" and "non-finite" in r["error"] and "stacked" not in r for r in bad.values())
+    assert sorted(r["job"] for r in good.values()) == [0, 2]
+    alone = train(make_cfg(*common, "seed=2", "data.formula='exp(sin(pi*x0)+x1**2)'", output_dir=tmp_path / "alone"))
+    stacked = next(r for r in good.values() if r["seed"] == 2)
+    for key, value in alone["metrics"].items():
+        assert _relative(stacked["metrics"][key], value) < 5e-7, key
