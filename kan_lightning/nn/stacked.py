@@ -75,13 +75,19 @@ class _LocalBases(torch.autograd.Function):
         return (grad_values * derivs).sum(-1), None, None, None
 
 
-def stacked_spline_contract(x: Tensor, grid: Tensor, coef: Tensor, spline_order: int, uniform: bool) -> Tensor:
+def stacked_spline_contract(
+    x: Tensor, grid: Tensor, coef: Tensor, spline_order: int, uniform: bool, flat_grid: Tensor | None = None
+) -> Tensor:
     """``y[m, n, o] = sum_i sum_b coef[m, o, i, b] B_b(x[m, n, i])`` on grid ``grid[m, i]``:
-    ``x (M, N, in)``, ``grid (M, in, G + 2k + 1)``, ``coef (M, out, in, G + k)`` -> ``(M, N, out)``."""
+    ``x (M, N, in)``, ``grid (M, in, G + 2k + 1)``, ``coef (M, out, in, G + k)`` -> ``(M, N, out)``.
+    ``flat_grid``: ``grid`` viewed as ``(M in, G + 2k + 1)``, kept by the caller so that the
+    kernel's per-grid tables (cached per tensor object) are built once, not on every call."""
     n_models, n, n_in = x.shape
     n_out, n_bases = coef.shape[1], coef.shape[-1]
     flat = x.transpose(0, 1).reshape(n, n_models * n_in)
-    values, start = _LocalBases.apply(flat, grid.reshape(n_models * n_in, -1), spline_order, uniform)
+    if flat_grid is None:
+        flat_grid = grid.reshape(n_models * n_in, -1)
+    values, start = _LocalBases.apply(flat, flat_grid, spline_order, uniform)
     # bases outside [0, G + k) have zero values (local_bases): clamping their index adds zeros
     index = (start.unsqueeze(-1) + torch.arange(spline_order + 1, device=x.device)).clamp_(0, n_bases - 1)
     basis = values.new_zeros(n, n_models * n_in, n_bases).scatter_add(2, index, values)
@@ -112,8 +118,16 @@ class StackedKANLayer(nn.Module):
         base = torch.bmm(self.base_activation(x), (self.base_weight * self.mask).transpose(1, 2))
         coef = self.spline_weight * (self.spline_scaler * self.mask).unsqueeze(-1)
         # the closed-form uniform kernel only where every grid is uniform (the general one is exact too)
-        spline = stacked_spline_contract(x, self.grid, coef, self.spline_order, all(self.uniform_grids))
+        spline = stacked_spline_contract(x, self.grid, coef, self.spline_order, all(self.uniform_grids), self._flat_grid())
         return base + spline
+
+    def _flat_grid(self) -> Tensor:
+        """The grid as one ``(M in, G + 2k + 1)`` view, the same tensor object while the grid
+        buffer is (in-place updates show in its version counter, which the kernel's cache checks)."""
+        cached = self.__dict__.get("_flat")
+        if cached is None or cached[0] is not self.grid:
+            cached = self.__dict__["_flat"] = (self.grid, self.grid.view(-1, self.grid.shape[-1]))
+        return cached[1]
 
     @torch.no_grad()
     def load_layer(self, m: int, layer: nn.Module) -> bool:
