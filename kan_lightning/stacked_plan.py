@@ -4,7 +4,7 @@ Jobs stack when their configs are equal except for what each job may keep for it
 its data's function, noise, domain and seed, its paths and names: ``PER_JOB_KEYS``), and when
 everything they use is supported stacked: a :class:`~kan_lightning.nn.KAN` without penalties or
 linear extrapolation, an optimizer that updates every parameter element on its own gradient alone
-(Adam, SGD, ...: ``ELEMENTWISE_OPTIMIZERS``), no scheduler, the default callbacks, TensorBoard or
+(Adam, SGD, ...: ``ELEMENTWISE_OPTIMIZERS``) or L-BFGS (one per model), no scheduler, the default callbacks, TensorBoard or
 no logger, one CPU or GPU, 32- or 64-bit precision, a fresh run. :func:`why_not_stackable` names
 what keeps a job out; such jobs run one by one as usual.
 """
@@ -38,6 +38,8 @@ PER_JOB_KEYS = (
 ELEMENTWISE_OPTIMIZERS = {
     f"torch.optim.{name}" for name in ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam")
 }
+# L-BFGS works on the whole parameter vector: one optimizer per model (kan_lightning.stacked_lbfgs)
+PER_MODEL_OPTIMIZERS = {"torch.optim.LBFGS"}
 
 # callbacks the stacked loop reproduces (by config name and target)
 SUPPORTED_CALLBACKS = {
@@ -96,8 +98,9 @@ def why_not_stackable(cfg: Mapping[str, Any]) -> str | None:
     if penalties:
         return f"model.regularization={penalties} (penalties)"
     optimizer = (cfg.get("optimizer") or {}).get("_target_")
-    if optimizer not in ELEMENTWISE_OPTIMIZERS:
-        return f"optimizer._target_={optimizer!r} (stacked: {', '.join(sorted(o.rsplit('.', 1)[1] for o in ELEMENTWISE_OPTIMIZERS))})"
+    supported = ELEMENTWISE_OPTIMIZERS | PER_MODEL_OPTIMIZERS
+    if optimizer not in supported:
+        return f"optimizer._target_={optimizer!r} (stacked: {', '.join(sorted(o.rsplit('.', 1)[1] for o in supported))})"
     if (cfg.get("scheduler") or {}).get("factory"):
         return "scheduler.factory is set"
     for key, value in (cfg.get("trainer") or {}).items():

@@ -8,7 +8,9 @@ model starts exactly as in a separate run), its own data and batch order, and ge
 Why the result is the separate runs' result. The objective is ``sum_m loss_m``; model ``m``'s
 parameters enter ``loss_m`` only, so their gradient is ``d loss_m``. Optimizers that update each
 element from its own gradient and state (Adam, AdamW, SGD, ...) then move every model exactly
-as alone. Grid updates run per model (:meth:`StackedKAN.update_grid`), on each job's own
+as alone. L-BFGS runs as one ``torch.optim.LBFGS`` per model, with its own line search, over
+that model's own parameters, its closures evaluated together (:mod:`kan_lightning.stacked_lbfgs`).
+Grid updates run per model (:meth:`StackedKAN.update_grid`), on each job's own
 training inputs. What differs is the order of floating-point sums (one batched matmul instead
 of M matmuls): rounding-level differences, which training can amplify slowly (see the tests:
 float64 runs agree to ~1e-9 relative after dozens of steps; float32 to ~1e-3).
@@ -37,11 +39,14 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from torch.func import functional_call
 
 from kan_lightning.config_checks import ConfigError, instantiate_node, resolved_container, validate_config
 from kan_lightning.lit.hparams import hydra_context, log_run
 from kan_lightning.logs import start_logs, summary_line
 from kan_lightning.nn.stacked import StackedKAN, stack_key
+from kan_lightning.stacked_lbfgs import PerModelLBFGS
+from kan_lightning.stacked_plan import PER_MODEL_OPTIMIZERS
 from kan_lightning.resources import check_resources
 from kan_lightning.run_dir import claim
 from kan_lightning.train import ERROR_FILE, build_model, build_module, write_run_record
@@ -245,7 +250,9 @@ def _fit_and_test(jobs: list[Job]) -> None:
     dtype, device = _dtype_device(cfg)
     n_models = len(jobs)
     stack = StackedKAN([job.module.model for job in jobs]).to(device=device, dtype=dtype)
-    optimizer = instantiate_node(cfg.optimizer, "optimizer")(stack.parameters())
+    factory = instantiate_node(cfg.optimizer, "optimizer")
+    lbfgs = PerModelLBFGS(stack, factory) if str(cfg.optimizer.get("_target_")) in PER_MODEL_OPTIMIZERS else None
+    optimizer = lbfgs.optimizers[0] if lbfgs else factory(stack.parameters())
     data = {stage: (
         _stacked([getattr(job.datamodule, f"x_{stage}") for job in jobs], dtype, device),
         _stacked([getattr(job.datamodule, f"y_{stage}") for job in jobs], dtype, device),
@@ -268,6 +275,7 @@ def _fit_and_test(jobs: list[Job]) -> None:
     maximize = bool(checkpoint) and checkpoint.get("mode", "min") == "max"
     lr_name = f"lr-{type(optimizer).__name__}" if callbacks.get("lr_monitor") and jobs[0].loggers else None
     log_every = int(cfg.trainer.get("log_every_n_steps", 50) or 50)
+    lr_logged = False
     max_epochs = int(cfg.trainer.get("max_epochs") or 1000)
 
     alive = torch.ones(n_models, dtype=torch.bool, device=device)
@@ -289,14 +297,26 @@ def _fit_and_test(jobs: list[Job]) -> None:
         for batch_idx, part in enumerate(_batches(x_train.shape[1], batch_size)):
             if grid_every and step < grid_stop and step % grid_every == 0:
                 inputs = x_train if grid_samples is None else x_train[:, : int(grid_samples)]
+                if lbfgs:
+                    lbfgs.push()
                 stack.update_grid(inputs, only=alive.tolist(), grid_eps=grid_eps)
+                if lbfgs:
+                    lbfgs.pull_in_place()
             index = order[:, part]
             xb, yb = x_train[rows, index], y_train[rows, index]
-            optimizer.zero_grad(set_to_none=True)
-            pred = stack(xb)
-            loss = ((pred - yb) ** 2).mean(dim=(1, 2))
-            torch.where(alive, loss, 0.0).sum().backward()
-            optimizer.step()
+            if lbfgs:
+                def evaluate(params, xb=xb, yb=yb):
+                    out = functional_call(stack, params, (xb,))
+                    return ((out - yb) ** 2).mean(dim=(1, 2)), out
+
+                loss, pred = lbfgs.step(evaluate, alive.tolist())
+                lbfgs.push()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                pred = stack(xb)
+                loss = ((pred - yb) ** 2).mean(dim=(1, 2))
+                torch.where(alive, loss, 0.0).sum().backward()
+                optimizer.step()
             metrics.update(loss, *scale(pred, yb))
             step += 1
             if guard:
@@ -308,6 +328,7 @@ def _fit_and_test(jobs: list[Job]) -> None:
                     row = {"train/loss_step": values[m], "train/objective_step": values[m], "epoch": epoch}
                     if lr_name:
                         row[lr_name] = lr
+                        lr_logged = True
                     for logger in job.loggers:
                         logger.log_metrics(row, step=step - 1)
         train_values = metrics.compute("train")
@@ -324,7 +345,8 @@ def _fit_and_test(jobs: list[Job]) -> None:
                 "train/loss": train_values[m]["train/loss"], "train/loss_step": loss_step,
                 "train/objective": train_values[m]["train/loss"], "train/objective_step": loss_step,
                 **values,
-                **({lr_name: float(torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float32))} if lr_name else {}),  # as the monitor logs it
+                # as the monitor logs it: a float32 tensor, on logging steps only
+                **({lr_name: float(torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float32))} if lr_logged else {}),
             }
             if alive[m]:
                 for logger in jobs[m].loggers:
