@@ -3,9 +3,10 @@
 Runs the same ``kan-train -m`` sweep twice, end to end in fresh processes: with Hydra's basic
 launcher (one job after the other) and with ``launcher=stacked``, then compares wall times and
 every job's metrics. Default: the KAN paper's toy (``experiment=paper_toy``: [2, 5, 1], G = 5,
-full batch, grid updates) with Adam, ``--jobs`` seeds.
+full batch, grid updates) with Adam (``--optimizer lbfgs``: the toy's own L-BFGS), ``--jobs`` seeds.
 
     python -m kan_lightning.bench_stacked --jobs 16 --epochs 200
+    python -m kan_lightning.bench_stacked --jobs 16 --epochs 20 --optimizer lbfgs
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=16, help="number of jobs (seeds) in the sweep")
     parser.add_argument("--epochs", type=int, default=200, help="trainer.max_epochs (full batch: one step each)")
+    parser.add_argument("--optimizer", default="adam", help="the optimizer group (adam, lbfgs, ...)")
     parser.add_argument("--precision", default="32-true", help="trainer.precision (32-true or 64-true)")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both sweeps")
     parser.add_argument("--out", type=Path, default=None, help="where the sweeps go (default: a temporary folder)")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--jobs and --epochs must be >= 1")
     seeds = ",".join(str(s) for s in range(args.jobs))
     common = [
-        "experiment=paper_toy", "optimizer=adam", f"seed={seeds}", f"trainer.max_epochs={args.epochs}",
+        "experiment=paper_toy", f"optimizer={args.optimizer}", f"seed={seeds}", f"trainer.max_epochs={args.epochs}",
         f"trainer.precision={args.precision}", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         *args.overrides,
     ]
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "jobs": args.jobs,
         "epochs": args.epochs,
+        "optimizer": args.optimizer,
         "precision": args.precision,
         "threads": args.threads,
         "one_by_one_s": round(t_alone, 2),

@@ -66,7 +66,7 @@ class Job:
     """One job of a stack: its config, its Hydra config (job number, overrides) and its state."""
 
     cfg: DictConfig
-    hydra_cfg: DictConfig | None = None
+    hydra_cfg: DictConfig | None = None  # the job's whole config with its hydra node
     output_dir: Path = field(init=False)
     start: float = field(default_factory=time.time)
     datamodule: Any = None

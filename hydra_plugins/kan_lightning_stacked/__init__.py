@@ -85,7 +85,8 @@ class StackedLauncher(Launcher):
             # the collecting task only keeps the job's config
             ret = self._run(sweep_config, lambda cfg: None)
             returns.append(ret)
-            job = Job(ret.cfg, ret.hydra_cfg)
+            # the whole config: its hydra node resolves interpolations into it (the sweep dir)
+            job = Job(ret.cfg, sweep_config)
             jobs.append(job)
             with job_context(job):
                 try:
