@@ -63,14 +63,16 @@ def test_stacked_runs_equal_separate_kan_train_runs(make_cfg, tmp_path, precisio
 
 
 def test_jobs_that_cannot_stack_are_named():
-    base = {"model": {"_target_": "kan_lightning.nn.KAN", "extrapolate": "bases"}, "optimizer": {"_target_": "torch.optim.LBFGS"}}
-    assert "LBFGS" in why_not_stackable(base)
+    base = {"model": {"_target_": "kan_lightning.nn.KAN", "extrapolate": "bases"}, "optimizer": {"_target_": "my.Optimizer"}}
+    assert "my.Optimizer" in why_not_stackable(base)
+    assert "regularization" in why_not_stackable({**base, "model": {**base["model"], "regularization": {"l1": 0.1}}})
+    assert "mlp" in why_not_stackable({**base, "model": {"_target_": "kan_lightning.nn.mlp.MLP"}}).lower()
     configs = [
         {**base, "optimizer": {"_target_": "torch.optim.Adam"}, "data": {"_target_": "kan_lightning.data.SyntheticFunctionDataModule", "function": f}, "seed": s}
         for f, s in (("a", 1), ("b", 2))
     ] + [base]
     groups, alone = plan(configs)
-    assert groups == [[0, 1]] and "LBFGS" in alone[2]
+    assert groups == [[0, 1]] and "my.Optimizer" in alone[2]
     configs[1]["model"] = {**configs[1]["model"], "grid_size": 7}
     groups, alone = plan(configs)
     assert groups == [] and set(alone) == {0, 1, 2}
