@@ -109,6 +109,9 @@ def why_not_stackable(cfg: Mapping[str, Any]) -> str | None:
         allowed = TRAINER_KEYS[key]
         if allowed is not None and value not in allowed:
             return f"trainer.{key}={value!r}"
+    epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        return f"trainer.max_epochs={epochs!r} (stacked: a number of epochs >= 1)"
     callbacks = {k: v for k, v in (cfg.get("callbacks") or {}).items() if v}
     for name, node in callbacks.items():
         target = node.get("_target_") if isinstance(node, Mapping) else None

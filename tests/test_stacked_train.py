@@ -63,9 +63,12 @@ def test_stacked_runs_equal_separate_kan_train_runs(make_cfg, tmp_path, precisio
 
 
 def test_jobs_that_cannot_stack_are_named():
-    base = {"model": {"_target_": "kan_lightning.nn.KAN", "extrapolate": "bases"}, "optimizer": {"_target_": "my.Optimizer"}}
+    base = {"model": {"_target_": "kan_lightning.nn.KAN", "extrapolate": "bases"}, "optimizer": {"_target_": "my.Optimizer"},
+            "trainer": {"max_epochs": 3}}
     assert "my.Optimizer" in why_not_stackable(base)
     assert "regularization" in why_not_stackable({**base, "model": {**base["model"], "regularization": {"l1": 0.1}}})
+    adam = {**base, "optimizer": {"_target_": "torch.optim.Adam"}}
+    assert "max_epochs" in why_not_stackable({**adam, "trainer": {"max_epochs": -1}})
     assert "mlp" in why_not_stackable({**base, "model": {"_target_": "kan_lightning.nn.mlp.MLP"}}).lower()
     configs = [
         {**base, "optimizer": {"_target_": "torch.optim.Adam"}, "data": {"_target_": "kan_lightning.data.SyntheticFunctionDataModule", "function": f}, "seed": s}
@@ -124,3 +127,13 @@ def test_stacked_lbfgs_equals_separate_kan_train_runs(make_cfg, tmp_path):
         assert set(stacked["metrics"]) == set(alone["metrics"])
         for key, value in alone["metrics"].items():
             assert _relative(stacked["metrics"][key], value) < 1e-6, (key, stacked["metrics"][key], value)
+
+
+@pytest.mark.slow
+def test_benchmark_compares_a_sweep_stacked_and_one_by_one(tmp_path):
+    from kan_lightning.bench_stacked import main
+
+    result = main(["--jobs", "2", "--epochs", "2", "--precision", "64-true", "--out", str(tmp_path)])
+    assert result["jobs_not_stacked"] == [] and result["one_by_one_s"] > 0 and result["stacked_s"] > 0
+    assert max(result["max_relative_difference"].values()) < 1e-6
+    assert len(list((tmp_path / "stacked").glob("*/metrics.json"))) == 2
