@@ -94,3 +94,16 @@ def test_unstackable_models_are_refused_naming_the_difference():
         StackedKAN(_models([0, 1], extrapolate="linear"))
     with pytest.raises(ValueError, match="expects inputs"):
         StackedKAN(_models([0, 1]))(torch.zeros(3, 4, 2, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stacked_forward_on_cuda_equals_the_cpu_models():
+    seeds = [0, 1]
+    models = _models(seeds)
+    stacked = StackedKAN(_models(seeds)).cuda()
+    x = _inputs(2)
+    out = stacked(x.cuda()).cpu()
+    for m, model in enumerate(models):
+        torch.testing.assert_close(out[m], model(x[m]), rtol=1e-10, atol=1e-12)
+    assert stacked.update_grid(x.cuda())
+    assert stacked.model(1).layers[0].grid.is_cuda

@@ -110,7 +110,6 @@ def test_launcher_stacks_a_sweep_and_runs_failing_jobs_alone(make_cfg, tmp_path)
         assert _relative(stacked["metrics"][key], value) < 5e-7, key
 
 
-@pytest.mark.slow
 def test_stacked_lbfgs_equals_separate_kan_train_runs(make_cfg, tmp_path):
     """Full-batch L-BFGS with strong-Wolfe line search, one optimizer per model: the models
     take different numbers of line-search evaluations, yet each matches its separate run. The
