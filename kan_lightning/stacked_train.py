@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from torch.func import functional_call
 
 from kan_lightning.config_checks import ConfigError, instantiate_node, resolved_container, validate_config
 from kan_lightning.lit.hparams import hydra_context, log_run
+from kan_lightning.lit.safety import TrainingDiverged, TrainingInterrupted, raise_on_sigterm
 from kan_lightning.logs import start_logs, summary_line
 from kan_lightning.nn.stacked import StackedKAN, stack_key
 from kan_lightning.stacked_lbfgs import PerModelLBFGS
@@ -142,9 +144,36 @@ def train_stack(jobs: Sequence[Job]) -> list[Any]:
             data = job.datamodule
             shape = (repr(stack_key(job.module.model)), tuple(data.x_train.shape), tuple(data.x_val.shape), tuple(data.x_test.shape))
             groups.setdefault(repr(shape), []).append(job)
-        for group in groups.values():
-            _fit_and_test(group)
+        try:
+            with raise_on_sigterm():
+                for group in groups.values():
+                    _fit_and_test(group)
+        except (KeyboardInterrupt, TrainingInterrupted) as err:
+            # as kan-train records a run stopped by a signal (a stacked run keeps no checkpoint
+            # to resume from: it starts again)
+            signum = getattr(err, "signum", int(signal.SIGINT))
+            for job in ready:
+                if job.result is None:
+                    with job_context(job), job_log(job):
+                        _write_interrupted(job, signum)
+            raise TrainingInterrupted(signum) from err
     return [job.result for job in jobs]
+
+
+def _write_interrupted(job: Job, signum: int) -> None:
+    name = TrainingInterrupted(signum).signal_name
+    record = {
+        "status": "interrupted", "error": f"interrupted by {name}", "error_type": "TrainingInterrupted",
+        "task": job.cfg.get("task_name"), "seed": job.cfg.get("seed"), "signal": name, "exit_code": 128 + signum,
+        "step": None, "epoch": None, "checkpoint": None, "metrics": {},
+        "wall_time_s": time.time() - job.start, "overrides": _overrides(),
+        "config": OmegaConf.to_container(job.cfg, resolve=True),
+    }
+    try:
+        write_run_record(job.output_dir, record)
+        log.error(summary_line(record, job.output_dir))
+    except OSError as err:  # never hide the signal behind a disk problem
+        log.error(f"could not write the run record to {job.output_dir}: {err}")
 
 
 @contextmanager
@@ -461,8 +490,6 @@ def _write_job(job, m, n_models, final_model, best_model, best_epoch, best_step,
     }
     if job.diverged is not None:
         d = job.diverged
-        from kan_lightning.lit.safety import TrainingDiverged
-
         err = TrainingDiverged(d.message, step=d.step, epoch=d.epoch, batch_idx=d.batch_idx, value=d.value)
         record = {
             "status": "diverged", "error": f"TrainingDiverged: {d.message}", "error_type": "TrainingDiverged", **common,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from omegaconf import OmegaConf
@@ -136,3 +137,45 @@ def test_benchmark_compares_a_sweep_stacked_and_one_by_one(tmp_path):
     assert result["jobs_not_stacked"] == [] and result["one_by_one_s"] > 0 and result["stacked_s"] > 0
     assert max(result["max_relative_difference"].values()) < 1e-6
     assert len(list((tmp_path / "stacked").glob("*/metrics.json"))) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_stacked_sweep_and_records_its_jobs(tmp_path):
+    """SIGTERM during stacked training: every job records ``interrupted`` and the sweep exits
+    with 128 + 15 without starting more jobs, as ``kan-train`` does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "kan_lightning.train", "-m", "launcher=stacked", "seed=1,2", "model.layers_hidden=[2,3,1]",
+               "data.function=paper_exp_sin", "trainer.max_epochs=100000", f"hydra.sweep.dir={sweep}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in process.stdout:
+            if "jobs stacked" in line:
+                break
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert len(records) == 2 and all(r["status"] == "interrupted" and r["signal"] == "SIGTERM" for r in records)
+
+
+def test_a_diverging_job_stops_alone(make_cfg, tmp_path):
+    """One job's squared errors overflow float32 at the first step: it is recorded ``diverged``
+    (as the divergence guard records a separate run) and the other job completes."""
+    common = [*SMALL, "data.input_dim=2", "data.domain=[-1,1]", "trainer.max_epochs=2"]
+    formulas = ["x0*x1", "exp(60*x0)"]  # the targets reach 1e26: squares past float32's 3e38
+    jobs = [Job(make_cfg(*common, f"data.formula='{f}'", output_dir=tmp_path / str(i))) for i, f in enumerate(formulas)]
+    fine, diverged = train_stack(jobs)
+    assert fine["status"] == "completed" and math.isfinite(fine["metrics"]["test/rmse"])
+    assert type(diverged).__name__ == "TrainingDiverged" and diverged.step == 0
+    record = json.loads((tmp_path / "1" / "metrics.json").read_text())
+    assert record["status"] == "diverged" and record["step"] == 0 and "not finite" in record["error"]

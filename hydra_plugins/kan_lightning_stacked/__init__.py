@@ -14,6 +14,7 @@ not stop the others.
 # scans for plugins, where dataclasses cannot resolve string annotations)
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -63,6 +64,7 @@ class StackedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from kan_lightning.stacked_plan import plan
+        from kan_lightning.lit.safety import TrainingInterrupted
         from kan_lightning.stacked_train import Job, RunAlone, job_context, train_stack
 
         setup_globals()
@@ -102,6 +104,10 @@ class StackedLauncher(Launcher):
             log.info(f"stacking {len(group)} jobs: {', '.join(f'#{initial_job_idx + i}' for i in group)}")
             try:
                 results = train_stack([jobs[i] for i in group])
+            except TrainingInterrupted as err:
+                # as kan-train: the machine wants this process gone, the remaining jobs must not start
+                print(str(err), file=sys.stderr)
+                sys.exit(128 + err.signum)
             except Exception as err:  # noqa: BLE001 - the stack failed as a whole: run its jobs alone
                 log.error(f"the stack of jobs {group} failed ({type(err).__name__}: {err}); running them one by one")
                 results = [RunAlone(str(err))] * len(group)
