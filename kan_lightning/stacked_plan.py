@@ -4,8 +4,8 @@ Jobs stack when their configs are equal except for what each job may keep for it
 its data's function, noise, domain and seed, its paths and names: ``PER_JOB_KEYS``), and when
 everything they use is supported stacked: a :class:`~kan_lightning.nn.KAN` without penalties or
 linear extrapolation, an optimizer that updates every parameter element on its own gradient alone
-(Adam, SGD, ...: ``ELEMENTWISE_OPTIMIZERS``) or L-BFGS (one per model), no scheduler, the default callbacks, TensorBoard, CSV or
-no logger, one CPU or GPU, 32- or 64-bit precision, a fresh run. :func:`why_not_stackable` names
+(Adam, SGD, ...: ``ELEMENTWISE_OPTIMIZERS``) or L-BFGS (one per model), no scheduler, the default
+callbacks, TensorBoard, CSV or no logger, one CPU or GPU, 32- or 64-bit precision, a fresh run. :func:`why_not_stackable` names
 what keeps a job out; such jobs run one by one as usual.
 """
 
