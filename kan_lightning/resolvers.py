@@ -77,11 +77,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(name, resolver, replace=True)
 
 
-def register_slurm_launcher() -> None:
+def register_launchers() -> None:
     """Hydra finds launchers by scanning the ``hydra_plugins`` package, which misses an editable
-    install's: register ours by hand (needs the [sweep] extra)."""
+    install's: register ours by hand (the SLURM one needs the [sweep] extra)."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.kan_lightning_stacked import StackedLauncher
+
+    Plugins.instance().register(StackedLauncher)
     try:
-        from hydra.core.plugins import Plugins
         from hydra_plugins.kan_lightning_slurm import SlurmLauncher
     except ImportError:
         return
@@ -89,4 +92,4 @@ def register_slurm_launcher() -> None:
 
 
 register_resolvers()
-register_slurm_launcher()
+register_launchers()
