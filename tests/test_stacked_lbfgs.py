@@ -7,7 +7,7 @@ from torch.func import functional_call
 
 from kan_lightning.nn import KAN
 from kan_lightning.nn.stacked import StackedKAN
-from kan_lightning.stacked_lbfgs import PerModelLBFGS
+from kan_lightning.stacked.lbfgs import PerModelLBFGS
 
 
 def _lbfgs(params):

@@ -8,9 +8,9 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from kan_lightning.evaluate import evaluate
-from kan_lightning.stacked_plan import plan, why_not_stackable
-from kan_lightning.stacked_train import Job, train_stack
+from kan_lightning.commands.evaluate import evaluate
+from kan_lightning.stacked.plan import plan, why_not_stackable
+from kan_lightning.stacked.training import Job, train_stack
 from kan_lightning.train import train
 
 SMALL = [
@@ -131,7 +131,7 @@ def test_stacked_lbfgs_equals_separate_kan_train_runs(make_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_compares_a_sweep_stacked_and_one_by_one(tmp_path):
-    from kan_lightning.bench_stacked import main
+    from kan_lightning.commands.bench_stacked import main
 
     result = main(["--jobs", "2", "--epochs", "2", "--precision", "64-true", "--out", str(tmp_path)])
     assert result["jobs_not_stacked"] == [] and result["one_by_one_s"] > 0 and result["stacked_s"] > 0

@@ -3,8 +3,8 @@
     kan-train -m launcher=stacked seed=0,1,2,3 data.function=paper_exp_sin,paper_bessel
 
 Jobs whose configs differ only in what each job may keep for itself (seed, data function, noise,
-...: :mod:`kan_lightning.stacked_plan`) and use only what the stacked loop supports train
-together in this process (:mod:`kan_lightning.stacked_train`); every job still gets its own
+...: :mod:`kan_lightning.stacked.plan`) and use only what the stacked loop supports train
+together in this process (:mod:`kan_lightning.stacked.training`); every job still gets its own
 directory, ``.hydra`` record, ``metrics.json``, TensorBoard run and checkpoints. The others run
 one by one, as with Hydra's basic launcher, with the reason in the log. A job that fails does
 not stop the others.
@@ -63,9 +63,9 @@ class StackedLauncher(Launcher):
         )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from kan_lightning.stacked_plan import plan
+        from kan_lightning.stacked.plan import plan
         from kan_lightning.lit.safety import TrainingInterrupted
-        from kan_lightning.stacked_train import Job, RunAlone, job_context, train_stack
+        from kan_lightning.stacked.training import Job, RunAlone, job_context, train_stack
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None

@@ -1,6 +1,6 @@
 """Train several jobs of one shape as one :class:`~kan_lightning.nn.stacked.StackedKAN`.
 
-``train_stack(jobs)`` takes the configs of jobs that :mod:`kan_lightning.stacked_plan` lets
+``train_stack(jobs)`` takes the configs of jobs that :mod:`kan_lightning.stacked.plan` lets
 stack and trains their models side by side in one module: each job keeps its own seed (its
 model starts exactly as in a separate run), its own data and batch order, and gets its own
 ``metrics.json``, TensorBoard run and checkpoints, as ``kan-train`` writes them.
@@ -9,14 +9,14 @@ Why the result is the separate runs' result. The objective is ``sum_m loss_m``; 
 parameters enter ``loss_m`` only, so their gradient is ``d loss_m``. Optimizers that update each
 element from its own gradient and state (Adam, AdamW, SGD, ...) then move every model exactly
 as alone. L-BFGS runs as one ``torch.optim.LBFGS`` per model, with its own line search, over
-that model's own parameters, its closures evaluated together (:mod:`kan_lightning.stacked_lbfgs`).
+that model's own parameters, its closures evaluated together (:mod:`kan_lightning.stacked.lbfgs`).
 Grid updates run per model (:meth:`StackedKAN.update_grid`), on each job's own
 training inputs. What differs is the order of floating-point sums (one batched matmul instead
 of M matmuls): rounding-level differences, which training can amplify slowly (see the tests:
 float64 runs agree to ~1e-9 relative after dozens of steps; float32 to ~1e-3).
 
 The loop reproduces, per job, what the Trainer does with the supported settings
-(``stacked_plan.why_not_stackable``): batches in the order of the job's own
+(``plan.why_not_stackable``): batches in the order of the job's own
 ``EpochShuffleSampler``, the grid-update schedule, the logged values (``<stage>/loss`` as the
 batch-size-weighted mean of batch MSEs, MSE, RMSE, MAE, R^2 in the targets' units, accumulated
 in the dtypes torchmetrics uses), the divergence guard (per model: a diverged job stops, the
@@ -47,8 +47,8 @@ from kan_lightning.lit.hparams import hydra_context, log_run
 from kan_lightning.lit.safety import TrainingDiverged, TrainingInterrupted, raise_on_sigterm
 from kan_lightning.logs import start_logs, summary_line
 from kan_lightning.nn.stacked import StackedKAN, stack_key
-from kan_lightning.stacked_lbfgs import PerModelLBFGS
-from kan_lightning.stacked_plan import PER_MODEL_OPTIMIZERS
+from kan_lightning.stacked.lbfgs import PerModelLBFGS
+from kan_lightning.stacked.plan import PER_MODEL_OPTIMIZERS
 from kan_lightning.resources import check_resources
 from kan_lightning.run_dir import claim
 from kan_lightning.pipeline import build_model, build_module

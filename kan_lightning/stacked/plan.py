@@ -1,4 +1,4 @@
-"""Which jobs of a sweep can train together as one stacked model (:mod:`kan_lightning.stacked_train`).
+"""Which jobs of a sweep can train together as one stacked model (:mod:`kan_lightning.stacked.training`).
 
 Jobs stack when their configs are equal except for what each job may keep for itself (its seed,
 its data's function, noise, domain and seed, its paths and names: ``PER_JOB_KEYS``), and when
@@ -38,7 +38,7 @@ PER_JOB_KEYS = (
 ELEMENTWISE_OPTIMIZERS = {
     f"torch.optim.{name}" for name in ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam")
 }
-# L-BFGS works on the whole parameter vector: one optimizer per model (kan_lightning.stacked_lbfgs)
+# L-BFGS works on the whole parameter vector: one optimizer per model (kan_lightning.stacked.lbfgs)
 PER_MODEL_OPTIMIZERS = {"torch.optim.LBFGS"}
 
 # callbacks the stacked loop reproduces (by config name and target)

@@ -1,12 +1,12 @@
-"""Time a sweep of small KANs stacked against one by one: ``python -m kan_lightning.bench_stacked``.
+"""Time a sweep of small KANs stacked against one by one: ``python -m kan_lightning.commands.bench_stacked``.
 
 Runs the same ``kan-train -m`` sweep twice, end to end in fresh processes: with Hydra's basic
 launcher (one job after the other) and with ``launcher=stacked``, then compares wall times and
 every job's metrics. Default: the KAN paper's toy (``experiment=paper_toy``: [2, 5, 1], G = 5,
 full batch, grid updates) with Adam (``--optimizer lbfgs``: the toy's own L-BFGS), ``--jobs`` seeds.
 
-    python -m kan_lightning.bench_stacked --jobs 16 --epochs 200
-    python -m kan_lightning.bench_stacked --jobs 16 --epochs 20 --optimizer lbfgs
+    python -m kan_lightning.commands.bench_stacked --jobs 16 --epochs 200
+    python -m kan_lightning.commands.bench_stacked --jobs 16 --epochs 20 --optimizer lbfgs
 """
 
 from __future__ import annotations
