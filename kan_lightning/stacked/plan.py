@@ -45,8 +45,8 @@ PER_MODEL_OPTIMIZERS = {"torch.optim.LBFGS"}
 SUPPORTED_CALLBACKS = {
     "model_checkpoint": "lightning.pytorch.callbacks.ModelCheckpoint",
     "last_checkpoint": "kan_lightning.lit.callbacks.LastCheckpoint",
-    "divergence_guard": "kan_lightning.lit.safety.DivergenceGuard",
-    "graceful_shutdown": "kan_lightning.lit.safety.GracefulShutdown",
+    "divergence_guard": "kan_lightning.lit.callbacks.DivergenceGuard",
+    "graceful_shutdown": "kan_lightning.lit.callbacks.GracefulShutdown",
     "lr_monitor": "lightning.pytorch.callbacks.LearningRateMonitor",
     "grid_update": "kan_lightning.lit.callbacks.GridUpdate",
     "progress_bar": "kan_lightning.logs.progress_bar",
