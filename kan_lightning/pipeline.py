@@ -1,5 +1,5 @@
 """From a composed config to the objects that train: data, model, LightningModule, callbacks,
-loggers and the Lightning ``Trainer``. Both ways in use it: ``kan-train`` (``train.py``) and the
+loggers and the Lightning ``Trainer``. Both ways in use it: ``kan-train`` (``commands/train.py``) and the
 Python API (``api.KANTrainer``), so a config means the same thing to both.
 
 Every builder turns a bad value into a ``ConfigError`` naming its key (``config_checks``), before

@@ -1,6 +1,6 @@
 """The life cycle of a run directory: one run per directory, one process at a time.
 
-``claim(cfg, output_dir)`` is entered by ``kan_lightning.train.train`` before anything else:
+``claim(cfg, output_dir)`` is entered by ``kan_lightning.commands.train.train`` before anything else:
 
 - A lock (``fcntl.flock`` on ``<run dir>/.run.lock``, released by the kernel however the process
   ends) keeps a second process out while a run is in progress: it is refused, naming the

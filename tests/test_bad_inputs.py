@@ -256,7 +256,7 @@ def good_checkpoint() -> Path:
     if "ckpt" not in _GOOD:
         import tempfile
 
-        from kan_lightning.train import train
+        from kan_lightning.commands.train import train
 
         out = Path(tempfile.mkdtemp(prefix="kan-bad-inputs-")) / "run"
         train(compose_config("train", ["debug=fast", "logger=none", "trainer.enable_progress_bar=false",
@@ -602,7 +602,7 @@ def test_a_full_disk_mid_run_is_recorded_as_failed(tmp_path):
     """A real ENOSPC: the run directory is a 300 kB tmpfs, and checkpoints of a wider KAN do
     not fit. The failure is recorded in metrics.json (the truncated checkpoint is removed to
     make room for it) and the run raises OSError, which kan-train prints as one line."""
-    from kan_lightning.train import train
+    from kan_lightning.commands.train import train
 
     mount = tmp_path / "small"
     mount.mkdir()
@@ -623,7 +623,7 @@ def test_a_full_disk_mid_run_is_recorded_as_failed(tmp_path):
 
 def test_symbolic_refuses_the_default_model_in_seconds(tmp_path):
     """A plain kan-train KAN ([2, 20, 20, 1]: 460 edges) is refused before any fit, with advice."""
-    from kan_lightning.train import train
+    from kan_lightning.commands.train import train
 
     train(compose_config("train", ["debug=fast", "trainer.enable_progress_bar=false", "test=false"], tmp_path / "run"))
     start = time.time()
@@ -642,9 +642,9 @@ def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 CLI = [
-    ("kan_lightning.train", ["seed=-1"], "error: seed=-1 must be an integer from 0 to 4294967295"),
-    ("kan_lightning.train", ["model.grid_size=100000"], "error: model.grid_size=100000 needs ~"),
-    ("kan_lightning.train", ["callbacks.model_checkpoint.monitor=val/typo"], "error: callbacks.model_checkpoint.monitor='val/typo' is not a metric"),
+    ("kan_lightning.commands.train", ["seed=-1"], "error: seed=-1 must be an integer from 0 to 4294967295"),
+    ("kan_lightning.commands.train", ["model.grid_size=100000"], "error: model.grid_size=100000 needs ~"),
+    ("kan_lightning.commands.train", ["callbacks.model_checkpoint.monitor=val/typo"], "error: callbacks.model_checkpoint.monitor='val/typo' is not a metric"),
 ]
 
 

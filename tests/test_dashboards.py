@@ -78,7 +78,7 @@ def _sweep(tmp_path: Path) -> Path:
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "kan_lightning.train", "-m", *SWEEP, *SMALL, f"hydra.sweep.dir={sweep_dir}"],
+        [sys.executable, "-m", "kan_lightning.commands.train", "-m", *SWEEP, *SMALL, f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -153,7 +153,7 @@ def test_tensorboard_serves_a_sweep_by_its_swept_values(tmp_path):
 def _train_cli(tmp_path: Path, *overrides: str, timeout: float = 300) -> dict:
     run_dir = tmp_path / "runs" / "train" / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "kan_lightning.train", *SMALL, *overrides, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "kan_lightning.commands.train", *SMALL, *overrides, f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -271,7 +271,7 @@ def test_wandb_offline_run_files_hold_params_and_metrics(tmp_path):
 def test_edge_plots_log_one_legible_image_per_small_layer(make_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from kan_lightning.train import train
+    from kan_lightning.commands.train import train
 
     train(make_cfg("debug=fast", "trainer.enable_progress_bar=false", "logger=tensorboard", "callbacks=edge_plots",
                    "model.layers_hidden=[2,5,1]", "data.n_samples=100"))
@@ -285,7 +285,7 @@ def test_edge_plots_log_one_legible_image_per_small_layer(make_cfg, tmp_path):
 @pytest.mark.slow
 def test_debug_presets_run(make_cfg, tmp_path):
     from kan_lightning.lit.checkpoint import read_checkpoint
-    from kan_lightning.train import train
+    from kan_lightning.commands.train import train
 
     quick = ["trainer.enable_progress_bar=false", "data.n_samples=400"]
     record = train(make_cfg("debug=fdr", *quick, output_dir=tmp_path / "fdr"))
@@ -308,7 +308,7 @@ def test_batch_logs_progress_lines_summary_and_no_noise(make_cfg, tmp_path, capl
     import logging
 
     from kan_lightning.logs import ProgressLog, progress_bar
-    from kan_lightning.train import train
+    from kan_lightning.commands.train import train
 
     assert isinstance(progress_bar(every_n_epochs=2, interactive=False), ProgressLog)
     caplog.set_level(logging.INFO)

@@ -35,7 +35,7 @@ from kan_lightning.data import SyntheticFunctionDataModule
 from kan_lightning.lit import GridExtension, KANRegressor
 from kan_lightning.nn import KAN
 from kan_lightning.config_checks import data_widths
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -351,7 +351,7 @@ def test_guide_suite_multirun_and_grouped_summary(tmp_path):
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "kan_lightning.train", "-m", "experiment=guide_suite", "data.function=polynomial,discontinuous",
+        [sys.executable, "-m", "kan_lightning.commands.train", "-m", "experiment=guide_suite", "data.function=polynomial,discontinuous",
          "seed=1,2", "data.n_samples=200", "trainer.max_epochs=2", "logger=none", f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -464,7 +464,7 @@ def test_stage_evaluation_under_ddp_matches_single_process(tmp_path):
     stages = {}
     for name, extra in (("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]), ("single", [])):
         proc = subprocess.run(
-            [sys.executable, "-m", "kan_lightning.train", *common, *extra, f"hydra.run.dir={tmp_path / name}"],
+            [sys.executable, "-m", "kan_lightning.commands.train", *common, *extra, f"hydra.run.dir={tmp_path / name}"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

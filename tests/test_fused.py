@@ -103,7 +103,7 @@ def test_contraction_option_reaches_every_layer_and_is_checked() -> None:
 def test_kan_train_with_fused_contraction(make_cfg) -> None:
     import math
 
-    from kan_lightning.train import train
+    from kan_lightning.commands.train import train
 
     record = train(make_cfg("debug=fast", "trainer.enable_progress_bar=false", "model.contraction=fused"))
     assert record["status"] == "completed" and math.isfinite(record["metrics"]["test/rmse"])

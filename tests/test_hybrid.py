@@ -7,7 +7,7 @@ import torch
 
 from kan_lightning.lit.checkpoint import model_from_checkpoint
 from kan_lightning.nn import HybridKAN
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 
 def test_shapes_gradients_and_grid_update():

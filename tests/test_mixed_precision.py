@@ -12,7 +12,7 @@ import torch
 from kan_lightning.api import KANTrainer
 from kan_lightning.nn import KAN, KANLayer
 from kan_lightning.nn.kernels import spline_contract
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 FAST = ["debug=fast", "trainer.enable_progress_bar=false"]
 HALF = [torch.bfloat16, torch.float16]

@@ -12,7 +12,7 @@ from kan_lightning.analysis.grid_extension_report import find_runs
 from kan_lightning.commands import paper_tables as pt_cli
 from kan_lightning.data import FUNCTIONS
 from kan_lightning.data.paper_benchmarks import BENCHMARKS, FEYNMAN, SPECIAL
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 
 def test_tables_are_complete():

@@ -18,7 +18,7 @@ from kan_lightning.api import NormalizedModel, load_model
 from kan_lightning.data.normalization import denormalize_x, denormalize_y, fit_normalization, normalize_x, normalize_y
 from kan_lightning.lit.checkpoint import model_from_checkpoint, read_checkpoint
 from kan_lightning.nn import HybridKAN
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 
 def _xy(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

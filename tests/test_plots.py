@@ -123,7 +123,7 @@ def test_edge_plots_config_composes(make_cfg):
 def test_edge_plots_logs_images_to_tensorboard(make_cfg, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from kan_lightning.train import train
+    from kan_lightning.commands.train import train
 
     cfg = make_cfg(
         "debug=fast",

@@ -28,7 +28,7 @@ from kan_lightning.data.datamodule import EpochShuffleSampler, ResumableDataLoad
 from kan_lightning.commands.evaluate import evaluate
 from kan_lightning.lit.checkpoint import read_checkpoint
 from kan_lightning.lit.safety import TrainingDiverged, TrainingInterrupted
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 FAST = ["debug=fast", "trainer.enable_progress_bar=false"]
 REPO = Path(__file__).resolve().parents[1]
@@ -192,7 +192,7 @@ def test_exploding_learning_rate_diverges_cleanly(make_cfg, tmp_path):
 
 
 def test_other_exceptions_are_recorded_as_failed(make_cfg, tmp_path, monkeypatch):
-    import kan_lightning.train as train_module
+    import kan_lightning.commands.train as train_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
@@ -348,7 +348,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(make_cfg, tmp_path):
 # The command line (subprocesses; slow)
 
 
-def _cli(*args: str, cwd: Path, module: str = "kan_lightning.train", timeout: float = 300) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path, module: str = "kan_lightning.commands.train", timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -396,13 +396,13 @@ RUN = [
 
 
 class _Run:
-    """``python -m kan_lightning.train`` in the background, its output in files (a pipe nobody
+    """``python -m kan_lightning.commands.train`` in the background, its output in files (a pipe nobody
     reads could fill up and block it)."""
 
     def __init__(self, run_dir: Path, *extra: str) -> None:
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log = run_dir.parent / f"{run_dir.name}-{time.monotonic_ns()}.log"
-        cmd = [sys.executable, "-m", "kan_lightning.train", *RUN, *extra, f"hydra.run.dir={run_dir}"]
+        cmd = [sys.executable, "-m", "kan_lightning.commands.train", *RUN, *extra, f"hydra.run.dir={run_dir}"]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, cwd=run_dir.parent, stdout=out, stderr=subprocess.STDOUT, text=True)
 

@@ -1,7 +1,7 @@
 """Run directories: one run per directory, one process at a time, resumes that fit the run.
 
 Fast tests call ``train(cfg)`` in this process; the ``slow`` ones drive ``python -m
-kan_lightning.train`` in subprocesses (each pays a few seconds of imports).
+kan_lightning.commands.train`` in subprocesses (each pays a few seconds of imports).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from kan_lightning.lit.checkpoint import read_checkpoint
 from kan_lightning.run_dir import LOCK_FILE, RunDirRefused, check_same_run, claim
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["debug=fast", "logger=none", "trainer.enable_progress_bar=false", "trainer.max_epochs=3", "data.batch_size=32"]
@@ -161,7 +161,7 @@ def test_ddp_ranks_other_than_zero_do_not_take_the_lock(make_cfg, tmp_path, monk
 
 def _command(run_dir: Path, *extra: str, multirun: bool = False) -> list[str]:
     where = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
-    return [sys.executable, "-m", "kan_lightning.train", *(["-m"] if multirun else []), *FAST, *extra, where]
+    return [sys.executable, "-m", "kan_lightning.commands.train", *(["-m"] if multirun else []), *FAST, *extra, where]
 
 
 def _env() -> dict[str, str]:

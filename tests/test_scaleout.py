@@ -19,7 +19,7 @@ FAST = ["logger=none", "trainer.enable_progress_bar=false", "trainer.enable_mode
 def run_train(cwd: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "kan_lightning.train", *overrides],
+        [sys.executable, "-m", "kan_lightning.commands.train", *overrides],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

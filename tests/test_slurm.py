@@ -55,7 +55,7 @@ class PaceEpochs(L.Callback):
         time.sleep(max(0.0, self.seconds - (time.monotonic() - self._start)))
 
 
-def kan_train(cluster: LocalSlurm, cwd: Path, *overrides: str, timeout: float = 300, module: str = "kan_lightning.train") -> subprocess.CompletedProcess:
+def kan_train(cluster: LocalSlurm, cwd: Path, *overrides: str, timeout: float = 300, module: str = "kan_lightning.commands.train") -> subprocess.CompletedProcess:
     tests = str(Path(__file__).parent)  # for PaceEpochs, in the controller and in the jobs
     env = {**cluster.env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -137,7 +137,7 @@ def test_scancel_of_a_running_and_a_pending_job_ends_the_sweep(slurm, tmp_path):
     env = {**slurm.env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:  # one job at a time: job 0 runs long, jobs 1 and 2 wait
         controller = subprocess.Popen(
-            [sys.executable, "-m", "kan_lightning.train", "-m", "launcher=slurm", *ON_DEBUG, "hydra.launcher.array_parallelism=1",
+            [sys.executable, "-m", "kan_lightning.commands.train", "-m", "launcher=slurm", *ON_DEBUG, "hydra.launcher.array_parallelism=1",
              "debug=fast", *FAST, "trainer.max_epochs=100000,2,2", f"hydra.sweep.dir={sweep}"],
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
         )

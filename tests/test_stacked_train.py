@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from kan_lightning.commands.evaluate import evaluate
 from kan_lightning.stacked.plan import plan, why_not_stackable
 from kan_lightning.stacked.training import Job, train_stack
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 SMALL = [
     "model.layers_hidden=[2,3,1]",
@@ -94,7 +94,7 @@ def test_launcher_stacks_a_sweep_and_runs_failing_jobs_alone(make_cfg, tmp_path)
               "data.input_dim=2", "data.domain=[-1,1]", "callbacks.grid_update.every_n_steps=2"]
     formulas = "data.formula='exp(sin(pi*x0)+x1**2)','log(x0-5)'"
     done = subprocess.run(
-        [sys.executable, "-m", "kan_lightning.train", "-m", "launcher=stacked", "seed=1,2", formulas, *common, f"hydra.sweep.dir={sweep}"],
+        [sys.executable, "-m", "kan_lightning.commands.train", "-m", "launcher=stacked", "seed=1,2", formulas, *common, f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=300,
     )
     assert "training 2 jobs stacked" in done.stderr + done.stdout, done.stderr[-3000:]
@@ -150,7 +150,7 @@ def test_sigterm_stops_a_stacked_sweep_and_records_its_jobs(tmp_path):
     import time
 
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "-m", "kan_lightning.train", "-m", "launcher=stacked", "seed=1,2", "model.layers_hidden=[2,3,1]",
+    command = [sys.executable, "-m", "kan_lightning.commands.train", "-m", "launcher=stacked", "seed=1,2", "model.layers_hidden=[2,3,1]",
                "data.function=paper_exp_sin", "trainer.max_epochs=100000", f"hydra.sweep.dir={sweep}"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -12,7 +12,7 @@ import pytest
 
 def kan_train(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SLURM_CONF": str(cwd / "no-cluster.conf")}
-    return subprocess.run([sys.executable, "-m", "kan_lightning.train", *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "kan_lightning.commands.train", *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_slurm_sweep_with_a_bad_value_fails_before_anything_is_submitted(tmp_path):

@@ -173,7 +173,7 @@ def test_cli_errors(tmp_path, capsys):
 def test_real_multirun_summary(tmp_path):
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    cmd = [sys.executable, "-m", "kan_lightning.train", "-m", "debug=fast", "model.grid_size=3,5", f"hydra.sweep.dir={sweep_dir}"]
+    cmd = [sys.executable, "-m", "kan_lightning.commands.train", "-m", "debug=fast", "model.grid_size=3,5", f"hydra.sweep.dir={sweep_dir}"]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 

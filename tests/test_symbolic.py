@@ -285,7 +285,7 @@ def test_symbolic_config_composes(make_cfg):
 
 def test_symbolic_from_checkpoint_writes_files(make_cfg, tmp_path):
     from kan_lightning.commands.symbolic import symbolic_from_checkpoint
-    from kan_lightning.train import train
+    from kan_lightning.commands.train import train
 
     train_dir = tmp_path / "train"
     record = train(
@@ -321,7 +321,7 @@ def test_paper_toy_end_to_end_with_normalized_data(make_cfg, tmp_path):
     """train(experiment=paper_toy, [2, 1, 1], float64, normalized inputs and targets), then
     kan-symbolic: the formula is exact in the original units."""
     from kan_lightning.commands.symbolic import symbolic_from_checkpoint
-    from kan_lightning.train import train
+    from kan_lightning.commands.train import train
 
     train_dir = tmp_path / "train"
     train(

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from kan_lightning.commands.evaluate import evaluate
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 FAST = ["debug=fast", "trainer.enable_progress_bar=false"]
 

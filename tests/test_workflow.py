@@ -25,7 +25,7 @@ from kan_lightning.lit import (
 from kan_lightning.lit.stats import activation_stats
 from kan_lightning.nn import KAN
 from kan_lightning.nn.pruning import edge_scores, mask_nodes, prune_nodes, select_nodes
-from kan_lightning.train import train
+from kan_lightning.commands.train import train
 
 
 LBFGS = functools.partial(
@@ -480,7 +480,7 @@ def test_grid_extension_and_pruning_under_ddp_match_single_process(tmp_path):
     metrics = {}
     for name, extra in (("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]), ("single", [])):
         proc = subprocess.run(
-            [sys.executable, "-m", "kan_lightning.train", *common, *extra, f"hydra.run.dir={tmp_path / name}"],
+            [sys.executable, "-m", "kan_lightning.commands.train", *common, *extra, f"hydra.run.dir={tmp_path / name}"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -12,7 +12,7 @@ of every metric over the completed jobs of the group (the seeds). Swept keys tha
 grouped by nor aggregated over are added to the grouping, so nothing is averaged silently.
 
 Each job directory holds ``.hydra/overrides.yaml`` (written by Hydra before the job starts) and,
-once the job has finished, ``metrics.json`` (written by ``kan_lightning.train``). Only files are
+once the job has finished, ``metrics.json`` (written by ``kan_lightning.commands.train``). Only files are
 read here: no Lightning or Hydra import.
 """
 

@@ -26,7 +26,7 @@ COMPARED = ("test/rmse", "test/r2", "val/loss", "train/loss")
 def run_sweep(overrides: list[str], sweep_dir: Path, threads: int) -> float:
     """Wall time of ``kan-train -m <overrides>`` into ``sweep_dir``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "kan_lightning.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    command = [sys.executable, "-m", "kan_lightning.commands.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start

@@ -8,7 +8,7 @@
   writes in ``on_train_epoch_end``, which an exception skips.)
 - :class:`~kan_lightning.lit.callbacks.GracefulShutdown` turns SIGTERM/SIGINT during training into a stop at the next batch
   boundary: it writes ``last.ckpt`` atomically and raises :class:`TrainingInterrupted`, which
-  ``kan_lightning.train`` records as status ``interrupted``. A second SIGINT aborts at once.
+  ``kan_lightning.commands.train`` records as status ``interrupted``. A second SIGINT aborts at once.
 - :func:`raise_on_sigterm` makes SIGTERM outside the training loop (data generation, testing)
   raise :class:`TrainingInterrupted` the way SIGINT raises ``KeyboardInterrupt``.
 """

@@ -41,7 +41,7 @@ class GridExtension(L.Callback):
     each value goes to the loggers as ``grid_stage/<split>_rmse`` (also ``grid_stage/num_parameters``)
     with the grid size as the step. Under DDP rank 0 computes on its full copy of the data and
     broadcasts the record, so every rank keeps the same list. :meth:`report` returns
-    ``{"stages": [...], "history": [...]}`` (stored in ``metrics.json`` by ``kan_lightning.train``).
+    ``{"stages": [...], "history": [...]}`` (stored in ``metrics.json`` by ``kan_lightning.commands.train``).
 
     Args:
         grids: grid sizes, one per stage.

@@ -1,4 +1,4 @@
-"""Train and test one configuration: ``kan-train [overrides]`` or ``python -m kan_lightning.train``.
+"""Train and test one configuration: ``kan-train [overrides]`` or ``python -m kan_lightning.commands.train``.
 
 ``train(cfg)`` is a plain function (tests call it without the command line); ``main`` wraps it
 with ``@hydra.main`` and returns the metric a sweeper optimizes. The objects come from
