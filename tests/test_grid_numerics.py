@@ -37,6 +37,21 @@ def test_penalized_fit_continues_a_line_across_a_data_gap():
     assert (plain - line).abs().max() > 0.3
 
 
+def test_penalized_fit_continues_the_last_cubic_piece_past_the_data():
+    # default order k + 1: a cubic is one polynomial piece, so it is recovered on the data-free
+    # part of the grid too; second differences (order 2) continue it as a line instead
+    k, grid = 3, uniform_grid(1, 30, 3, (-1.0, 1.0), dtype=torch.float64)
+    x = torch.linspace(-1, 0.0, 300, dtype=torch.float64).unsqueeze(1)
+    cubic = lambda t: 1 + t - 2 * t**2 + 0.5 * t**3
+    y = cubic(x).unsqueeze(1)
+    past = torch.linspace(0.1, 0.9, 9, dtype=torch.float64).unsqueeze(1)
+    for order, tol in ((None, 1e-6), (2, None)):
+        coef = penalized_fit_coefficients(x, y, grid, k, smoothness=1e-6, order=order)
+        values = torch.einsum("nim,im->n", bspline_basis(past, grid, k), coef[0])
+        error = (values - cubic(past[:, 0])).abs().max()
+        assert error < tol if tol else error > 0.05, (order, float(error))
+
+
 def test_penalized_fit_with_a_small_weight_is_scipys_least_squares_spline():
     k, grid = 3, uniform_grid(1, 12, 3, (-1.0, 1.0), dtype=torch.float64)
     x = torch.sort(torch.rand(500, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1, 0).values
@@ -52,7 +67,7 @@ def test_penalized_fit_is_a_least_squares_solution_of_the_stacked_system():
     k, grid = 2, uniform_grid(2, 6, 2, (-1.0, 1.0), dtype=torch.float64)
     x = torch.rand(80, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 1.2 - 1
     y = torch.randn(80, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    coef = penalized_fit_coefficients(x, y, grid, k, smoothness=0.05)
+    coef = penalized_fit_coefficients(x, y, grid, k, smoothness=0.05, order=2)
     basis = bspline_basis(x, grid, k)
     d = difference_matrix(basis.shape[-1], 2)
     for i in range(2):
@@ -120,3 +135,15 @@ def test_grid_margin_range_widens_hidden_grids_by_a_fraction_of_their_range(frac
     assert torch.allclose(interior[:, 0], lo - pad, rtol=0, atol=1e-12)
     assert torch.allclose(interior[:, -1], hi + pad, rtol=0, atol=1e-12)
     assert torch.allclose(model.layers[0].grid_interior()[:, [0, -1]], torch.tensor([[-1.0, 1.0]] * 2, dtype=torch.float64))
+
+
+def test_presets_widen_the_toys_hidden_grids_and_keep_the_benchmarks_as_measured(make_cfg):
+    from hydra.utils import instantiate
+
+    toy = make_cfg("experiment=paper_grid_extension").callbacks.grid_extension
+    assert (toy.grid_margin, toy.grid_margin_range, toy.refit_smoothness) == (0.5, 0.04, 1e-6)
+    extension = instantiate(toy)
+    assert (extension.grid_margin_range, extension.refit_smoothness) == (0.04, 1e-6)
+    for preset in ("feynman", "special_functions"):
+        ext = make_cfg(f"experiment={preset}").callbacks.grid_extension
+        assert (ext.grid_margin, ext.grid_margin_range, ext.refit_smoothness) == (0.5, 0.0, 0.0), preset

@@ -5,10 +5,13 @@ function at the training inputs. On a fine grid some bases have little or no dat
 (the outermost ones, and those in gaps of a hidden activation's distribution): the plain fit
 leaves their coefficients to a tiny ridge, which pulls them toward 0, and the spline dips or
 swings between and just past the data, where test points land. A P-spline penalty (Eilers &
-Marx 1996) on the second differences of neighbouring coefficients instead holds such
-coefficients on the straight line through their neighbours, so the spline continues smoothly
-across gaps and past the data's extremes; where data are dense the fit is unchanged up to the
-penalty's small weight. The weight is relative to the data's mean weight per basis
+Marx 1996) on the differences of neighbouring coefficients instead holds such coefficients on
+the curve through their neighbours, so the spline continues smoothly across gaps and past the
+data's extremes; where data are dense the fit is unchanged up to the penalty's small weight.
+By default the differences are of order ``k + 1``: on uniform knots they vanish exactly for a
+single polynomial piece of degree ``k``, so past the data the spline continues the polynomial
+of its last fitted piece (second differences would continue it as a straight line, whose error
+grows with the square of the distance instead of the fourth power for a cubic). The weight is relative to the data's mean weight per basis
 (``trace(B^T B) / (G + k)``), so one value serves any sample size and grid.
 """
 
@@ -29,10 +32,10 @@ def difference_matrix(n: int, order: int = 2, dtype: torch.dtype = torch.float64
 
 
 def penalized_fit_coefficients(
-    x: Tensor, y: Tensor, grid: Tensor, spline_order: int, smoothness: float, order: int = 2
+    x: Tensor, y: Tensor, grid: Tensor, spline_order: int, smoothness: float, order: int | None = None
 ) -> Tensor:
     """Coefficients minimizing ``||B c - y||^2 + lam ||D c||^2`` per edge, with ``D`` the
-    ``order``-th differences and ``lam = smoothness * trace(B^T B) / (G + k)`` per input.
+    ``order``-th differences (default ``spline_order + 1``) and ``lam = smoothness * trace(B^T B) / (G + k)`` per input.
 
     Shapes as :func:`~kan_lightning.nn.splines.fit_coefficients`: ``x`` ``(N, in)``, ``y``
     ``(N, out, in)``, returns ``(out, in, G + k)``. Solved in float64 as one stacked
@@ -45,7 +48,7 @@ def penalized_fit_coefficients(
     a = basis.permute(1, 0, 2)  # (in, N, nb)
     b = y.double().permute(2, 0, 1)  # (in, N, out)
     n_bases = a.shape[-1]
-    order = min(order, n_bases - 1)
+    order = min(spline_order + 1 if order is None else order, n_bases - 1)
     d = difference_matrix(n_bases, order, device=a.device)  # (nb - order, nb)
     lam = smoothness * (a * a).sum(dim=(1, 2)) / n_bases  # (in,)
     penalty = lam.sqrt().view(-1, 1, 1) * d  # (in, nb - order, nb)
