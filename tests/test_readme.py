@@ -40,6 +40,7 @@ NOT_RUN = {
     "sweeps/feynman_reduced": "Results: needs the full sweeps",
     "experiment=special_functions": "Results: hours of CPU at the paper's protocol; tests/test_paper_benchmarks.py composes it",
     "sweeps/special_reduced": "Results: needs the full sweeps",
+    "docs/results/grid_extension_ab.py": "Results: trains the toy to G = 100 (minutes)",
 }
 
 

@@ -190,7 +190,13 @@ class KANLayer(nn.Module):
         """Switch to ``new_grid``, refitting coefficients to the current splines at ``x``."""
         with torch.no_grad():
             target = self.spline_values(x)
-            coef = fit_coefficients(x, target, new_grid, self.spline_order, ridge=ridge)
+            smoothness = getattr(self, "refit_smoothness", 0.0)  # set by nn.refit.set_refit_smoothness
+            if smoothness and ridge:  # (refits on dense grid samples, ridge=0, stay exact)
+                from .refit import penalized_fit_coefficients
+
+                coef = penalized_fit_coefficients(x, target, new_grid, self.spline_order, smoothness)
+            else:
+                coef = fit_coefficients(x, target, new_grid, self.spline_order, ridge=ridge)
             self.grid = new_grid.to(self.grid)
             self.grid_size = new_grid.shape[-1] - 2 * self.spline_order - 1
             self.uniform_grid = uniform

@@ -69,6 +69,18 @@ class GridExtension(L.Callback):
             so far is kept, and at the end of fit it is restored (grid included) if a later
             stage was worse, so a finer grid never makes the delivered model worse on
             validation. Selection never looks at ``test``. :meth:`report` adds ``delivered``.
+        stage_grid_updates: with ``use_data``, in every stage also fit the grids to the training
+            inputs (as at a switch) every ``stage_grid_update_every`` steps during its first
+            ``stage_grid_updates * stage_grid_update_every`` steps (pykan's ``fit`` does 10 every
+            5 steps); 0: only at the switches.
+        grid_margin_range: with ``use_data``, widen the other grids by this fraction of their
+            inputs' range per side as well, at every grid size (``grid_margin`` is in intervals,
+            so it shrinks as the grid is refined, while test inputs go past the training
+            sample's extremes by the same amount at any grid).
+        refit_smoothness: weight of the second-difference penalty in the coefficient refits at
+            switches and grid updates (:func:`~kan_lightning.nn.refit.penalized_fit_coefficients`:
+            coefficients with little data under them follow their neighbours instead of a ridge
+            toward 0); 0: the plain least-squares refit.
     """
 
     def __init__(
@@ -87,6 +99,10 @@ class GridExtension(L.Callback):
         evaluate_splits=None,
         eval_batch_size: int = 65536,
         keep_best: bool = False,
+        stage_grid_updates: int = 0,
+        stage_grid_update_every: int = 5,
+        refit_smoothness: float = 0.0,
+        grid_margin_range: float = 0.0,
     ) -> None:
         grids = [int(g) for g in grids]
         if not grids or any(g < 1 for g in grids):
@@ -139,6 +155,16 @@ class GridExtension(L.Callback):
         self.delivered: dict | None = None
         self._best_state: dict | None = None
         self._best_widths: list[int] | None = None
+        for name, v in (("stage_grid_updates", stage_grid_updates), ("stage_grid_update_every", stage_grid_update_every)):
+            if isinstance(v, bool) or int(v) != v or v < (0 if name == "stage_grid_updates" else 1):
+                raise ValueError(f"{name} must be an integer >= {0 if name == 'stage_grid_updates' else 1}, got {v!r}")
+        self.stage_grid_updates, self.stage_grid_update_every = int(stage_grid_updates), int(stage_grid_update_every)
+        if isinstance(refit_smoothness, bool) or not (float(refit_smoothness) >= 0 and math.isfinite(float(refit_smoothness))):
+            raise ValueError(f"refit_smoothness must be a finite number >= 0, got {refit_smoothness!r}")
+        self.refit_smoothness = float(refit_smoothness)
+        if isinstance(grid_margin_range, bool) or not (float(grid_margin_range) >= 0 and math.isfinite(float(grid_margin_range))):
+            raise ValueError(f"grid_margin_range must be a finite number >= 0, got {grid_margin_range!r}")
+        self.grid_margin_range = float(grid_margin_range)
 
     @property
     def grid_size(self) -> int:
@@ -155,6 +181,10 @@ class GridExtension(L.Callback):
                 f"grids={self.grids} is {self.grid_size}; start the model on the first grid "
                 f"(model.grid_size={self.grids[0]})"
             )
+        if self.refit_smoothness:
+            from kan_lightning.nn.refit import set_refit_smoothness
+
+            set_refit_smoothness(model, self.refit_smoothness)
         if self.at_epochs is None and self.at_steps is None and self.patience is None and len(self.grids) > 1:
             epochs = trainer.max_epochs
             if epochs is None or epochs < len(self.grids):
@@ -176,6 +206,20 @@ class GridExtension(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         while self._due(trainer):
             self.extend(trainer, pl_module, batch)
+        if self.stage_grid_updates and self.use_data:
+            since = trainer.global_step - (self.history[-1]["step"] if self.history else 0)
+            every = self.stage_grid_update_every
+            if since % every == 0 and since < self.stage_grid_updates * every:
+                self.update_grids(trainer, pl_module, batch)
+
+    def update_grids(self, trainer, pl_module, batch=None) -> None:
+        """Fit the current stage's grids to the training inputs, as at a switch (same size)."""
+        model = _network(pl_module)
+        param = next(model.parameters())
+        x = _fit_inputs(trainer, batch, self.max_samples).to(device=param.device, dtype=param.dtype)
+        extra = {"hidden_range": self.hidden_range} if self.hidden_range != "margin" else {}
+        margin = self.grid_margin + self.grid_margin_range * self.grid_size
+        model.update_grid(x, keep_input_range=self.keep_input_range, margin=margin, **extra)
 
     def extend(self, trainer, pl_module, batch=None) -> None:
         """Move to the next grid now: refit the coefficients and rebuild the optimizers."""
@@ -189,7 +233,8 @@ class GridExtension(L.Callback):
             param = next(model.parameters())
             x = _fit_inputs(trainer, batch, self.max_samples).to(device=param.device, dtype=param.dtype)
         extra = {"hidden_range": self.hidden_range} if self.hidden_range != "margin" else {}
-        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range, margin=self.grid_margin, **extra)
+        margin = self.grid_margin + self.grid_margin_range * new_size  # (intervals per side)
+        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range, margin=margin, **extra)
         _rebuild(pl_module)
         self.history.append(
             {
