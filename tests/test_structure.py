@@ -26,14 +26,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {module_name(path): path for path in SOURCES if path.is_relative_to(PACKAGE)}
+# the package and its Hydra plugins (which import it, and which it registers)
+MODULES = {module_name(path): path for path in SOURCES}
 
 
-def known(name: str) -> str:
-    """The module ``name`` lives in: itself, or the nearest package of ours above it."""
-    while name not in MODULES:
+def known(name: str) -> str | None:
+    """The module of ours ``name`` lives in: itself, or the nearest package of ours above it."""
+    while name and name not in MODULES:
         name = name.rpartition(".")[0]
-    return name
+    return name or None
 
 
 def imports_of(path: Path) -> list[tuple[str, int]]:
@@ -67,15 +68,11 @@ def imports_of(path: Path) -> list[tuple[str, int]]:
             argument = node.args[0]
             literal = isinstance(argument, ast.Constant) and isinstance(argument.value, str)
             found += [(argument.value, node.lineno)] if literal else named
-    return [(module if module.split(".")[0] != "kan_lightning" else known(module), line) for module, line in found]
+    return [(known(module) or module, line) for module, line in found]
 
 
 IMPORTS = {module_name(path): imports_of(path) for path in SOURCES}
-GRAPH = {
-    name: {module for module, _ in found if module in MODULES and module != name}
-    for name, found in IMPORTS.items()
-    if name in MODULES
-}
+GRAPH = {name: {module for module, _ in found if module in MODULES and module != name} for name, found in IMPORTS.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -127,6 +124,9 @@ def test_the_import_reader_resolves_relative_in_function_and_lazy_imports():
     assert "kan_lightning.data" in GRAPH["kan_lightning.pipeline"]
     # names the package loads on first use, through importlib
     assert "kan_lightning.api" in GRAPH["kan_lightning"]
+    # the plugins and the package, both ways
+    assert "hydra_plugins.kan_lightning_stacked" in GRAPH["kan_lightning.resolvers"]
+    assert "kan_lightning.slurm" in GRAPH["hydra_plugins.kan_lightning_slurm"]
 
 
 def test_no_import_circle():
