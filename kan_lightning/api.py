@@ -24,7 +24,6 @@ can be passed in ``callbacks``. Nothing is written unless asked (a logger, check
 
 from __future__ import annotations
 
-import importlib
 import math
 import tempfile
 from pathlib import Path
@@ -46,20 +45,10 @@ from kan_lightning.lit.module import regression_metrics
 from kan_lightning.logs import quiet_library_noise, quiet_lightning
 from kan_lightning.transfer import transfer_weights
 
-__all__ = ["KANEnsemble", "KANTrainer", "NormalizedModel", "create_dataset", "cross_validate", "load_model", "transfer_weights"]
+__all__ = ["KANTrainer", "NormalizedModel", "create_dataset", "load_model", "transfer_weights"]
 
 # what save() keeps of the trainer: a file must not choose where anything is written
 SAVED_TRAINER_KEYS = ("optimizer_name", "lr", "weight_decay", "optimizer_kwargs")
-# in their own modules, which build on KANTrainer
-_LATER = {"KANEnsemble": "kan_lightning.ensemble", "cross_validate": "kan_lightning.ensemble"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _LATER:
-        raise AttributeError(f"module 'kan_lightning.api' has no attribute {name!r}")
-    return getattr(importlib.import_module(_LATER[name]), name)
-
-
 class KANTrainer:
     """Train, evaluate, save and export a KAN (or the MLP baseline) from plain tensors.
 

@@ -41,6 +41,9 @@ from kan_lightning.config_errors import (  # noqa: F401 (ConfigError, fail, conf
 )
 KAN_TARGETS = {"kan_lightning.nn.KAN", "kan_lightning.nn.network.KAN"}
 MLP_TARGETS = {"kan_lightning.nn.MLP", "kan_lightning.nn.mlp.MLP"}
+HYBRID_TARGETS = {"kan_lightning.nn.HybridKAN", "kan_lightning.nn.hybrid.HybridKAN"}
+# models whose layers_hidden runs from the data's input dimension to its output dimension
+WIDTH_TARGETS = KAN_TARGETS | MLP_TARGETS | HYBRID_TARGETS
 DATA_TARGETS = {"kan_lightning.data.SyntheticFunctionDataModule", "kan_lightning.data.datamodule.SyntheticFunctionDataModule"}
 TEST_CKPT_CHOICES = ("best", "last")
 # Lightning's (numpy's) seed bounds.
@@ -125,7 +128,7 @@ def check_model(model: Mapping[str, Any]) -> None:
     """The widths (which may say ``auto``); a KAN's other options are checked by building its
     :class:`~kan_lightning.nn.config.KANConfig`."""
     target = model.get("_target_")
-    if target not in KAN_TARGETS | MLP_TARGETS:
+    if target not in WIDTH_TARGETS:
         return
     widths = model.get("layers_hidden")
     if (
@@ -153,7 +156,8 @@ def check_data(data: Mapping[str, Any]) -> int | None:
     if data.get("formula") is None and data.get("function") is None:
         raise ConfigError("data.function and data.formula are both null: set one, e.g. data.function=polynomial or data.formula='x0*x1'")
     check_int("data.seed", data.get("seed", 0))
-    from kan_lightning.data.datamodule import SyntheticFunctionDataModule, split_sizes
+    from kan_lightning.data.datamodule import SyntheticFunctionDataModule
+    from kan_lightning.data.sampling import split_sizes
 
     module = build("data", data, SyntheticFunctionDataModule)
     n_samples, split = data.get("n_samples", 5000), data.get("split", [0.8, 0.1, 0.1])
@@ -316,7 +320,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     model = container.get("model") or {}
     check_model(model)
     input_dim = check_data(container.get("data") or {})
-    if input_dim is not None and model.get("_target_") in KAN_TARGETS | MLP_TARGETS:
+    if input_dim is not None and model.get("_target_") in WIDTH_TARGETS:
         widths = data_widths(model["layers_hidden"], input_dim, 1)
         if widths[0] != input_dim or widths[-1] != 1:
             raise layers_mismatch(widths, input_dim, 1)

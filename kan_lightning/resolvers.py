@@ -1,80 +1,15 @@
-"""What the YAML configs in ``conf/`` need besides themselves: the ``kan_*`` OmegaConf resolvers,
-and the SLURM launcher made known to Hydra.
+"""What the YAML configs in ``conf/`` need besides themselves: the ``kan_*`` OmegaConf resolvers
+(:mod:`kan_lightning.resolver_functions`) and the stacked and SLURM launchers made known to Hydra.
 
 Importing this module registers both. Every place that composes configs imports it: the
-commands, the sweep checks, the SLURM launcher's job side and the tests that compose configs.
+commands, the sweep checks and the tests that compose configs. (The SLURM launcher's job side
+needs the resolvers alone and imports ``resolver_functions``: importing this module from there
+would make an import circle through the launcher it registers.)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from omegaconf import OmegaConf
-
-
-def kan_widths(input_dim: int, width: int, depth: int, output_dim: int) -> list[int]:
-    """``layers_hidden`` from a hidden width and depth: ``[input_dim, width x depth, output_dim]``."""
-    return [int(input_dim), *[int(width)] * int(depth), int(output_dim)]
-
-
-def kan_device_slots() -> int:
-    from kan_lightning.devices import default_slots
-
-    return default_slots()
-
-
-def kan_sqlite(path: str) -> str:
-    """An SQLite URL for ``path``, creating its folder (Optuna opens the file before any job
-    has created the sweep directory)."""
-    file = Path(path).absolute()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{file}"
-
-
-def kan_slurm_gpus(accelerator, devices) -> int:
-    from kan_lightning.slurm import gpus_per_node
-
-    return gpus_per_node(accelerator, devices)
-
-
-def kan_slurm_cpus(num_workers) -> int:
-    from kan_lightning.slurm import cpus_per_task
-
-    return cpus_per_task(num_workers)
-
-
-def kan_slurm_mem_gb(tasks_per_node, per_task=2) -> int:
-    from kan_lightning.slurm import mem_gb
-
-    return mem_gb(tasks_per_node, per_task)
-
-
-def kan_job_dir(sweep_dir: str, number: int, task_overrides, numbered: bool = False) -> str:
-    from kan_lightning.run_names import job_dirname
-
-    return job_dirname(str(sweep_dir), int(number), list(task_overrides), bool(numbered))
-
-
-def kan_basename(path: str) -> str:
-    """The last component of ``path``: a run's name from its directory."""
-    return Path(str(path)).name
-
-
-RESOLVERS = {
-    "kan_widths": kan_widths,
-    "kan_device_slots": kan_device_slots,
-    "kan_sqlite": kan_sqlite,
-    "kan_slurm_gpus": kan_slurm_gpus,
-    "kan_slurm_cpus": kan_slurm_cpus,
-    "kan_slurm_mem_gb": kan_slurm_mem_gb,
-    "kan_job_dir": kan_job_dir,
-    "kan_basename": kan_basename,
-}
-
-
-def register_resolvers() -> None:
-    for name, resolver in RESOLVERS.items():
-        OmegaConf.register_new_resolver(name, resolver, replace=True)
+import kan_lightning.resolver_functions  # noqa: F401  (registers the resolvers)
 
 
 def register_launchers() -> None:
@@ -91,5 +26,4 @@ def register_launchers() -> None:
     Plugins.instance().register(SlurmLauncher)
 
 
-register_resolvers()
 register_launchers()

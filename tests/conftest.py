@@ -85,3 +85,27 @@ def kan64(*args, **kwargs):
 
     with default_dtype(torch.float64):
         return KAN(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for the command-line tests
+
+
+def ddp_and_single_runs(tmp_path: Path, overrides: list[str]) -> dict[str, dict]:
+    """``kan-train`` with ``overrides`` as a 2-process DDP run on CPU and as a single process:
+    each run's ``metrics.json``, by name ("ddp", "single")."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name, extra in (("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]), ("single", [])):
+        proc = subprocess.run(
+            [sys.executable, "-m", "kan_lightning.commands.train", *overrides, *extra, f"hydra.run.dir={tmp_path / name}"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    return runs

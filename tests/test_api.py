@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from kan_lightning import KAN, KANTrainer, create_dataset
-from kan_lightning.api import KANEnsemble, NormalizedModel, cross_validate, load_model, transfer_weights
+from kan_lightning.api import NormalizedModel, load_model, transfer_weights
+from kan_lightning.ensemble import KANEnsemble, cross_validate
 from kan_lightning.lit import GridExtension
 
 # The guide trains for 1000 epochs; the test keeps every argument but trains for fewer.

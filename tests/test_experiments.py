@@ -36,6 +36,7 @@ from kan_lightning.lit import GridExtension, KANRegressor
 from kan_lightning.nn import KAN
 from kan_lightning.config_checks import data_widths
 from kan_lightning.commands.train import train
+from conftest import ddp_and_single_runs
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
@@ -460,15 +461,8 @@ def test_stage_evaluation_under_ddp_matches_single_process(tmp_path):
         "optimizer=adam", "~optimizer.history_size",
         "callbacks.grid_extension.grids=[3,5]", "trainer.check_val_every_n_epoch=3", "trainer.precision=64-true",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    stages = {}
-    for name, extra in (("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]), ("single", [])):
-        proc = subprocess.run(
-            [sys.executable, "-m", "kan_lightning.commands.train", *common, *extra, f"hydra.run.dir={tmp_path / name}"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        stages[name] = json.loads((tmp_path / name / "metrics.json").read_text())["callbacks"]["grid_extension"]["stages"]
+    runs = ddp_and_single_runs(tmp_path, common)
+    stages = {name: run["callbacks"]["grid_extension"]["stages"] for name, run in runs.items()}
     assert [s["grid"] for s in stages["ddp"]] == [s["grid"] for s in stages["single"]] == [3, 5]
     for ddp, single in zip(stages["ddp"], stages["single"]):
         assert (ddp["epoch"], ddp["step"], ddp["num_parameters"]) == (single["epoch"], single["step"], single["num_parameters"])

@@ -26,6 +26,7 @@ from kan_lightning.lit.stats import activation_stats
 from kan_lightning.nn import KAN
 from kan_lightning.nn.pruning import edge_scores, mask_nodes, prune_nodes, select_nodes
 from kan_lightning.commands.train import train
+from conftest import ddp_and_single_runs
 
 
 LBFGS = functools.partial(
@@ -465,26 +466,13 @@ def test_three_stage_experiment_runs(make_cfg, tmp_path):
 
 @pytest.mark.slow
 def test_grid_extension_and_pruning_under_ddp_match_single_process(tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-
     common = [
         "logger=none", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "data.n_samples=400", "data.batch_size=full", "trainer.max_epochs=8", "scheduler=cosine",
         "callbacks=[default,grid_extension,pruning]", "callbacks.grid_extension.grids=[5,10]",
         "callbacks.grid_extension.at_epochs=[3]", "callbacks.pruning.at_epoch=2", "callbacks.pruning.threshold=0.05",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    metrics = {}
-    for name, extra in (("ddp", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]), ("single", [])):
-        proc = subprocess.run(
-            [sys.executable, "-m", "kan_lightning.commands.train", *common, *extra, f"hydra.run.dir={tmp_path / name}"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-        )
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+    metrics = {name: run["metrics"] for name, run in ddp_and_single_runs(tmp_path, common).items()}
     assert metrics["ddp"]["grid/size"] == metrics["single"]["grid/size"] == 10
     assert metrics["ddp"]["prune/width_1"] == metrics["single"]["prune/width_1"] < 20
     for key in ("val/rmse", "test/rmse", "train/rmse"):

@@ -13,5 +13,5 @@ if _SlurmLauncher is not None:
         __doc__ = _SlurmLauncher.__doc__
 
 # A SLURM job unpickles this launcher and then resolves its run config, which needs the kan_*
-# resolvers (imported last: the module also registers this very class with Hydra).
-import kan_lightning.resolvers  # noqa: E402,F401
+# resolvers (their own module: kan_lightning.resolvers imports this one to register it).
+import kan_lightning.resolver_functions  # noqa: E402,F401

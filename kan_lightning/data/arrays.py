@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from kan_lightning.data.datamodule import make_dataset
+from kan_lightning.data.sampling import make_dataset
 from kan_lightning.data.functions import TargetFunction, validate_domain
 from kan_lightning.data.normalization import normalize_x, normalize_y
 

@@ -1,4 +1,5 @@
-"""Synthetic regression data: sample a target function, add noise, split, normalize, load."""
+"""The LightningDataModule of synthetic regression data: checks its settings, samples once, splits,
+normalizes on the train part and serves loaders (sampling in ``sampling``, loading in ``loaders``)."""
 
 from __future__ import annotations
 
@@ -9,99 +10,12 @@ from typing import Any
 import lightning
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader
 
-from kan_lightning.data.functions import TargetFunction, domain_bounds, resolve_target
+from kan_lightning.data.functions import TargetFunction, resolve_target
+from kan_lightning.data.loaders import BatchedTensorDataset, EpochShuffleSampler, ResumableDataLoader, keep_batch
 from kan_lightning.data.normalization import NORM_KEYS, denormalize_y, fit_normalization, normalize_x, normalize_y
-
-SAMPLING_MODES = ("uniform", "grid")
-MAX_GRID_POINTS = 10_000_000
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling
-
-
-def grid_points_per_axis(n_samples: int, input_dim: int) -> int:
-    """Smallest number of points per axis whose full grid holds at least ``n_samples`` points."""
-    m = max(1, int(round(n_samples ** (1.0 / input_dim))))
-    while m**input_dim < n_samples:
-        m += 1
-    while m > 1 and (m - 1) ** input_dim >= n_samples:
-        m -= 1
-    if m**input_dim > MAX_GRID_POINTS:
-        raise ValueError(
-            f"sampling='grid' needs {m}^{input_dim} grid points for n_samples={n_samples} in "
-            f"{input_dim} dimensions (limit {MAX_GRID_POINTS}); use sampling='uniform'"
-        )
-    return m
-
-
-def _sample_uniform(target: TargetFunction, n: int, generator: torch.Generator) -> Tensor:
-    low, high = domain_bounds(target.domain)
-    return low + (high - low) * torch.rand(n, target.input_dim, generator=generator)
-
-
-def _sample_grid(target: TargetFunction, n: int, generator: torch.Generator) -> Tensor:
-    # A full tensor-product grid, then a random subset of n points when the grid is larger.
-    m = grid_points_per_axis(n, target.input_dim)
-    axes = [torch.linspace(a, b, m, dtype=torch.float32) for a, b in target.domain]
-    grid = torch.cartesian_prod(*axes).reshape(-1, target.input_dim)
-    keep = torch.randperm(grid.shape[0], generator=generator)[:n]
-    return grid[keep]
-
-
-def check_finite(x: Tensor, y: Tensor, name: str) -> None:
-    """Refuse samples whose inputs or targets hold NaN or Inf, saying how many and where."""
-    bad = ~(torch.isfinite(x).all(dim=1) & torch.isfinite(y).all(dim=1))
-    count = int(bad.sum())
-    if count:
-        first = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"target {name!r} produced {count} non-finite (NaN/Inf) sample(s) out of "
-            f"{x.shape[0]}; first bad row {first}: x={x[first].tolist()}, y={y[first].tolist()}. "
-            "Restrict the domain to where the function is defined."
-        )
-
-
-def make_dataset(
-    target: TargetFunction,
-    n_samples: int,
-    seed: int = 0,
-    noise_level: float = 0.0,
-    generator: torch.Generator | None = None,
-    sampling: str = "uniform",
-) -> tuple[Tensor, Tensor]:
-    """Sample ``n_samples`` float32 points ``x`` in the target's domain and ``y = target(x)``.
-
-    Noise is relative: ``y + noise_level * std(y) * N(0, 1)``, so ``noise_level=0.1`` means noise
-    at 10% of the target's own spread whatever its scale. ``generator`` (if given) replaces the
-    one seeded by ``seed``.
-    """
-    if sampling not in SAMPLING_MODES:
-        raise ValueError(f"sampling={sampling!r} is not one of {SAMPLING_MODES}")
-    if generator is None:
-        generator = torch.Generator().manual_seed(seed)
-    sample = _sample_grid if sampling == "grid" else _sample_uniform
-    x = sample(target, n_samples, generator)
-    y = target.fn(x).to(torch.float32)
-    if y.shape != (n_samples, 1):
-        raise ValueError(
-            f"target {target.name!r} returned shape {tuple(y.shape)}, expected ({n_samples}, 1)"
-        )
-    check_finite(x, y, target.name)
-    if noise_level > 0:
-        scale = noise_level * y.std(correction=0)
-        y = y + scale * torch.randn(y.shape, generator=generator)
-    return x, y
-
-
-def split_sizes(n_samples: int, split: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Train/val/test sizes from fractions, rounding cumulatively so they always add up."""
-    first = round(n_samples * split[0])
-    second = round(n_samples * (split[0] + split[1]))
-    return first, second - first, n_samples - second
-
+from kan_lightning.data.sampling import SAMPLING_MODES, grid_points_per_axis, make_dataset, split_sizes
 
 # ---------------------------------------------------------------------------------------------
 # Validation
@@ -162,126 +76,16 @@ def _check_flag(name: str, value: Any) -> bool:
     return value
 
 
+def _part_tensor(part: str, index: int) -> property:
+    """A read-only property for the inputs (index 0) or targets (1) of one split part."""
+    return property(lambda self: self._part(part)[index])
+
+
 def _plain_domain(domain: Any) -> Any:
     # OmegaConf ListConfig (possibly nested) to plain lists; scalars pass through.
     if domain is None or isinstance(domain, (str, numbers.Real)):
         return domain
     return [_plain_domain(v) for v in domain]
-
-
-# ---------------------------------------------------------------------------------------------
-# Shuffling that resumes exactly
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of epoch ``epoch``'s permutation: (seed, epoch) mixed by splitmix64 into 32 bits
-    (torch's CPU generator keeps only the low 32 bits of a seed, so ``seed << 32 | epoch`` would
-    give every seed the same orders)."""
-    z = ((((int(seed) & 0xFFFFFFFF) << 32) | (int(epoch) & 0xFFFFFFFF)) + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) & 0xFFFFFFFF
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A random permutation of ``range(n)`` drawn from ``(seed, epoch)`` alone.
-
-    Lightning calls ``set_epoch`` before every training epoch, so epoch ``e`` sees the same order
-    whether the process started at epoch 0 or resumed at ``e`` (a ``RandomSampler`` with one
-    generator would depend on how many epochs this process has already drawn). ``skip(k)`` drops
-    the first ``k`` indices of the next permutation of the current epoch only (resuming inside an
-    epoch); ``len`` stays ``n``.
-    """
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n = int(n)
-        self.seed = int(seed)
-        self.epoch = 0
-        self._skip: tuple[int, int] | None = None  # (epoch, indices to skip)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def skip(self, epoch: int, count: int) -> None:
-        self._skip = (int(epoch), int(count)) if count > 0 else None
-
-    def permutation(self, epoch: int | None = None) -> Tensor:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch if epoch is None else epoch))
-        return torch.randperm(self.n, generator=generator)
-
-    def __iter__(self):
-        start = 0
-        if self._skip is not None:
-            skip_epoch, count = self._skip
-            self._skip = None
-            if skip_epoch == self.epoch:
-                start = count
-        return iter(self.permutation()[start:].tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` over an :class:`EpochShuffleSampler` whose position inside the epoch is
-    saved in checkpoints: Lightning stores ``state_dict()`` of train loaders that have one and
-    gives it back through ``load_state_dict`` on resume, so a run resumed from a mid-epoch
-    checkpoint sees exactly the batches it had not seen yet. Iteration starts lazily (at the
-    first batch, after Lightning's ``set_epoch``)."""
-
-    def __iter__(self):
-        return self._batches()
-
-    def _batches(self):
-        sampler = self.sampler
-        epoch = getattr(sampler, "epoch", 0)
-        skipped = getattr(sampler, "_skip", None)
-        self._position = (epoch, skipped[1] // self._batch_size() if skipped and skipped[0] == epoch else 0)
-        for batch in super().__iter__():
-            self._position = (self._position[0], self._position[1] + 1)
-            yield batch
-
-    def _batch_size(self) -> int:
-        return int(self.batch_size or 1)
-
-    def state_dict(self) -> dict[str, int]:
-        epoch, batches = getattr(self, "_position", (getattr(self.sampler, "epoch", 0), 0))
-        return {"epoch": int(epoch), "batches": int(batches), "num_batches": len(self)}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        epoch, batches = int(state_dict.get("epoch", 0)), int(state_dict.get("batches", 0))
-        sampler = self.sampler
-        if not isinstance(sampler, EpochShuffleSampler):
-            return
-        if batches >= int(state_dict.get("num_batches", len(self))):  # the epoch was complete
-            sampler.set_epoch(epoch + 1)
-            sampler.skip(epoch + 1, 0)
-        else:
-            sampler.set_epoch(epoch)
-            sampler.skip(epoch, batches * self._batch_size())
-        self._position = (sampler.epoch, 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# DataModule
-
-
-class BatchedTensorDataset(TensorDataset):
-    """A TensorDataset that hands the loader a whole batch by one indexing per tensor
-    (``__getitems__``), instead of one Python call per sample and a stack in ``collate``: for
-    in-memory data that per-sample path costs more than a small KAN's training step."""
-
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return tuple(t[index] for t in self.tensors)
-
-
-def keep_batch(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """``collate_fn`` for :class:`BatchedTensorDataset`, whose batches come already formed."""
-    return batch
 
 
 class SyntheticFunctionDataModule(lightning.LightningDataModule):
@@ -432,29 +236,13 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
         self._ensure_setup()
         return self._data[name]
 
-    @property
-    def x_train(self) -> Tensor:
-        return self._part("train")[0]
-
-    @property
-    def y_train(self) -> Tensor:
-        return self._part("train")[1]
-
-    @property
-    def x_val(self) -> Tensor:
-        return self._part("val")[0]
-
-    @property
-    def y_val(self) -> Tensor:
-        return self._part("val")[1]
-
-    @property
-    def x_test(self) -> Tensor:
-        return self._part("test")[0]
-
-    @property
-    def y_test(self) -> Tensor:
-        return self._part("test")[1]
+    # x_train, y_train, x_val, ...: the (normalized) tensors of each part.
+    x_train = _part_tensor("train", 0)
+    y_train = _part_tensor("train", 1)
+    x_val = _part_tensor("val", 0)
+    y_val = _part_tensor("val", 1)
+    x_test = _part_tensor("test", 0)
+    y_test = _part_tensor("test", 1)
 
     # -- loaders --------------------------------------------------------------------------------
 

@@ -207,13 +207,8 @@ class KANLayer(nn.Module):
                 self.spline_weight = nn.Parameter(coef.to(self.spline_weight))
 
     def update_grid(
-        self,
-        x: Tensor,
-        grid_eps: float | None = None,
-        grid_size: int | None = None,
-        keep_range: bool = False,
-        margin: float = 0.0,
-        bounds: tuple[Tensor, Tensor] | None = None,
+        self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None, *,
+        keep_range: bool = False, margin: float = 0.0, bounds: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """Move the knots toward the quantiles of ``x`` (``(N, in)``), keeping the functions.
 

@@ -112,13 +112,8 @@ class KAN(Widths, nn.Module):
 
     @torch.no_grad()
     def update_grid(
-        self,
-        x: Tensor,
-        grid_eps: float | None = None,
-        grid_size: int | None = None,
-        keep_input_range: bool = False,
-        margin: float = 0.0,
-        hidden_range: str = "margin",
+        self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None, *,
+        keep_input_range: bool = False, margin: float = 0.0, hidden_range: str = "margin",
     ) -> None:
         """Adapt every layer's grid to the distribution of its inputs on ``x``, in order
         (optionally with ``grid_size`` intervals). ``keep_input_range``: the first layer's grid

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from kan_lightning.lit.safety import TrainingDiverged
+from kan_lightning.lit.faults import TrainingDiverged
 
 from .common import any_rank, non_finite_parameters
 from .graceful_shutdown import GracefulShutdown

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from kan_lightning.lit.safety import TrainingInterrupted, in_main_thread
+from kan_lightning.lit.faults import TrainingInterrupted, in_main_thread
 
 from .common import any_rank, non_finite_parameters, save_checkpoint_atomically
 
