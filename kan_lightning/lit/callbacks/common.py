@@ -3,6 +3,7 @@ collective decisions and the atomic checkpoint save."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -49,6 +50,20 @@ def check_epochs(values, name: str) -> list[int] | None:
     if any(v < 1 for v in values) or any(b <= a for a, b in zip(values, values[1:])):
         raise ValueError(f"{name} must be strictly increasing integers >= 1, got {values}")
     return values
+
+
+def nonnegative(name: str, value) -> float:
+    """``value`` as a float, refused unless a finite number >= 0."""
+    if isinstance(value, bool) or not (float(value) >= 0 and math.isfinite(float(value))):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def integer(name: str, value, minimum: int) -> int:
+    """``value`` as an int, refused unless an integer >= ``minimum``."""
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def any_rank(trainer: L.Trainer, flag: bool) -> bool:

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from .common import check_epochs as _check_epochs
+from .common import integer, nonnegative
 from .common import fit_inputs as _fit_inputs
 from .common import network as _network
 from .common import rebuild_optimizers as _rebuild
@@ -123,9 +124,7 @@ class GridExtension(L.Callback):
         self.min_delta = float(min_delta)
         self.use_data = use_data
         self.keep_input_range = bool(keep_input_range)
-        if isinstance(grid_margin, bool) or not (float(grid_margin) >= 0 and math.isfinite(float(grid_margin))):
-            raise ValueError(f"grid_margin must be a finite number >= 0, got {grid_margin!r}")
-        self.grid_margin = float(grid_margin)
+        self.grid_margin = nonnegative("grid_margin", grid_margin)
         from kan_lightning.nn.network import HIDDEN_RANGES
 
         if hidden_range not in HIDDEN_RANGES:
@@ -140,9 +139,7 @@ class GridExtension(L.Callback):
         if self.keep_best and "val" not in splits:
             splits.insert(0, "val")
         self.evaluate_splits = splits
-        if isinstance(eval_batch_size, bool) or int(eval_batch_size) < 1:
-            raise ValueError(f"eval_batch_size must be an integer >= 1, got {eval_batch_size!r}")
-        self.eval_batch_size = int(eval_batch_size)
+        self.eval_batch_size = integer("eval_batch_size", eval_batch_size, 1)
         self.stage = 0
         self.history: list[dict] = []
         self.stages: list[dict] = []
@@ -155,16 +152,10 @@ class GridExtension(L.Callback):
         self.delivered: dict | None = None
         self._best_state: dict | None = None
         self._best_widths: list[int] | None = None
-        for name, v in (("stage_grid_updates", stage_grid_updates), ("stage_grid_update_every", stage_grid_update_every)):
-            if isinstance(v, bool) or int(v) != v or v < (0 if name == "stage_grid_updates" else 1):
-                raise ValueError(f"{name} must be an integer >= {0 if name == 'stage_grid_updates' else 1}, got {v!r}")
-        self.stage_grid_updates, self.stage_grid_update_every = int(stage_grid_updates), int(stage_grid_update_every)
-        if isinstance(refit_smoothness, bool) or not (float(refit_smoothness) >= 0 and math.isfinite(float(refit_smoothness))):
-            raise ValueError(f"refit_smoothness must be a finite number >= 0, got {refit_smoothness!r}")
-        self.refit_smoothness = float(refit_smoothness)
-        if isinstance(grid_margin_range, bool) or not (float(grid_margin_range) >= 0 and math.isfinite(float(grid_margin_range))):
-            raise ValueError(f"grid_margin_range must be a finite number >= 0, got {grid_margin_range!r}")
-        self.grid_margin_range = float(grid_margin_range)
+        self.stage_grid_updates = integer("stage_grid_updates", stage_grid_updates, 0)
+        self.stage_grid_update_every = integer("stage_grid_update_every", stage_grid_update_every, 1)
+        self.refit_smoothness = nonnegative("refit_smoothness", refit_smoothness)
+        self.grid_margin_range = nonnegative("grid_margin_range", grid_margin_range)
 
     @property
     def grid_size(self) -> int:
