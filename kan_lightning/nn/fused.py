@@ -4,8 +4,9 @@ At small grids the dense matmul is cheap and the eager kernels' cost is elsewher
 the ``k + 1`` values into a zeroed basis matrix, the int64 slot indices, the saved tensors, and
 the fresh allocations (first-touch page faults) of each of these per step. Here
 ``torch.compile`` (inductor) fuses the knot-interval search, the basis polynomials and the
-expansion to the dense ``(N, (G + k) in)`` matrix into one loop, and the ``x``-gradient's
-derivatives, product and sum over bases into another. Saved for backward: ``x``, the
+expansion to the dense ``(N, (G + k) in)`` matrix into two loops, and the ``x``-gradient
+(interval, the ``k + 1`` derivatives, ``grad_out @ coef`` gathered at their bases, their sum)
+into one. Saved for backward: ``x``, the
 re-laid-out coefficients and the basis matrix (``4 (G + k)`` bytes per input in float32, less
 than the eager kernels' ``16 (k + 1)`` at the small grids this path is for).
 
@@ -16,7 +17,8 @@ computed, so the scipy and gradcheck tests hold for it too.
 Compiled lazily, on first use (never at import). Where inductor cannot compile (no C++
 compiler, an unsupported platform) the first call warns once and :func:`available` turns
 ``False``; :func:`~kan_lightning.nn.kernels.spline_contract` then takes the eager ``"dense"``
-contraction.
+contraction. ``contraction="auto"`` takes this path for large small-grid problems on the CPU
+when a C++ compiler is on the ``PATH`` (:func:`~kan_lightning.nn.kernels.choose_contraction`).
 """
 
 from __future__ import annotations
