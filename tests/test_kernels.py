@@ -212,7 +212,8 @@ def test_float32_close_to_float64_at_g50(contraction: str) -> None:
 # -- contraction rule, compile, API ------------------------------------------------------------
 
 
-def test_auto_rule_picks_both() -> None:
+def test_auto_rule_picks_both(monkeypatch) -> None:
+    monkeypatch.setattr(fused, "COMPILE", False)  # the eager rule alone
     big, mid, tiny = 1024 * 64, 128 * 64, 64 * 8
     assert choose_contraction(5 + 3, 3, "cpu", big) == "dense"
     assert choose_contraction(50 + 3, 3, "cpu", big) == "local"
@@ -220,6 +221,23 @@ def test_auto_rule_picks_both() -> None:
     assert choose_contraction(50 + 3, 3, "cpu", mid) == "local"
     assert choose_contraction(100 + 3, 3, "cpu", tiny) == "dense"
     assert choose_contraction(50 + 3, 3, "cpu") == "local"  # batch unknown: a large one
+
+
+def test_auto_rule_takes_fused_for_large_small_grid_problems(monkeypatch) -> None:
+    """Where dense would win and the problem is large, the compiled path when a C++ compiler
+    is on the PATH; never for small problems, large grids, CUDA, or without a compiler."""
+    monkeypatch.setattr(fused, "_cpp_compiler_found", lambda: True)
+    big, small = 1024 * 64, 200 * 3
+    assert choose_contraction(5 + 3, 3, "cpu", big) == "fused"
+    assert choose_contraction(10 + 3, 3, "cpu", 1024 * 256) == "fused"
+    assert choose_contraction(5 + 3, 3, "cpu", small) == "dense"
+    assert choose_contraction(50 + 3, 3, "cpu", big) == "local"
+    assert choose_contraction(5 + 3, 3, "cuda", 2**20) == "dense"
+    monkeypatch.setattr(fused, "_cpp_compiler_found", lambda: False)
+    assert choose_contraction(5 + 3, 3, "cpu", big) == "dense"
+    monkeypatch.setattr(fused, "_cpp_compiler_found", lambda: True)
+    monkeypatch.setattr(fused, "_FAILED", ["RuntimeError: no compiler"])
+    assert choose_contraction(5 + 3, 3, "cpu", big) == "dense"
 
 
 @pytest.mark.parametrize("contraction", BACKWARDS, indirect=True)

@@ -148,8 +148,9 @@ class SplineConfig:
             by data inside the range, so with ``"bases"`` a fine grid fitted to the training
             data can swing far just outside it, where some test points land.
         contraction: how the fast spline branch contracts (``basis="fast"``): ``"auto"`` (by
-            shape), ``"dense"``, ``"local"`` or ``"fused"`` (compiled on first use; fastest at
-            small grids once compiled; see :mod:`~kan_lightning.nn.fused`).
+            shape; ``"fused"`` for large small-grid problems where a C++ compiler is found),
+            ``"dense"``, ``"local"`` or ``"fused"`` (compiled on first use; fastest at small
+            grids once compiled; see :mod:`~kan_lightning.nn.fused`).
     """
 
     grid_size: int = 5

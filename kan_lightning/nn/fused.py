@@ -4,8 +4,9 @@ At small grids the dense matmul is cheap and the eager kernels' cost is elsewher
 the ``k + 1`` values into a zeroed basis matrix, the int64 slot indices, the saved tensors, and
 the fresh allocations (first-touch page faults) of each of these per step. Here
 ``torch.compile`` (inductor) fuses the knot-interval search, the basis polynomials and the
-expansion to the dense ``(N, (G + k) in)`` matrix into one loop, and the ``x``-gradient's
-derivatives, product and sum over bases into another. Saved for backward: ``x``, the
+expansion to the dense ``(N, (G + k) in)`` matrix into two loops, and the ``x``-gradient
+(interval, the ``k + 1`` derivatives, ``grad_out @ coef`` gathered at their bases, their sum)
+into one. Saved for backward: ``x``, the
 re-laid-out coefficients and the basis matrix (``4 (G + k)`` bytes per input in float32, less
 than the eager kernels' ``16 (k + 1)`` at the small grids this path is for).
 
@@ -16,12 +17,15 @@ computed, so the scipy and gradcheck tests hold for it too.
 Compiled lazily, on first use (never at import). Where inductor cannot compile (no C++
 compiler, an unsupported platform) the first call warns once and :func:`available` turns
 ``False``; :func:`~kan_lightning.nn.kernels.spline_contract` then takes the eager ``"dense"``
-contraction.
+contraction. ``contraction="auto"`` takes this path for large small-grid problems on the CPU
+when a C++ compiler is on the ``PATH`` (:func:`~kan_lightning.nn.kernels.choose_contraction`).
 """
 
 from __future__ import annotations
 
+import shutil
 import warnings
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -39,6 +43,21 @@ _FAILED: list[str] = []  # the reason compiling failed, once it has
 def available() -> bool:
     """Whether the compiled path may be used (``False`` once compiling has failed here)."""
     return not _FAILED
+
+
+def worth_choosing(device: torch.device | str) -> bool:
+    """Whether ``contraction="auto"`` may pick this path: compiling is on, has not failed, and
+    (CPU only: the CUDA path is unmeasured) inductor's C++ compiler is on the ``PATH``, so
+    that machines without one never try."""
+    return COMPILE and available() and torch.device(device).type == "cpu" and _cpp_compiler_found()
+
+
+@lru_cache(maxsize=None)
+def _cpp_compiler_found() -> bool:
+    import torch._inductor.config as inductor_config
+
+    names = [c for c in inductor_config.cpp.cxx if c]
+    return any(shutil.which(name) for name in names)
 
 
 def _select(values: Tensor, j: Tensor, spline_order: int, n_bases: int) -> Tensor:
@@ -64,10 +83,19 @@ def _expand(values: Tensor, j: Tensor, spline_order: int, n_bases: int) -> Tenso
     return _select(values, j, spline_order, n_bases).reshape(values.shape[0], -1)
 
 
-def _grad_x(derivs: Tensor, j: Tensor, scale: Tensor | None, dots: Tensor, spline_order: int, n_bases: int) -> Tensor:
-    """``sum_b dots[n, b * in + i] * dB_b/dx (x[n, i])``: ``(N, in)``."""
-    slopes = _select(derivs, j, spline_order, n_bases)
-    grad = (dots.view_as(slopes) * slopes).sum(1)
+def _grad_x(x: Tensor, grid: Tensor, tables: dict, dots: Tensor, spline_order: int, uniform: bool) -> Tensor:
+    """``sum_b dots[n, b * in + i] * dB_b/dx (x[n, i])``: ``(N, in)``, in one loop: the interval
+    and the ``k + 1`` derivatives of each input, times ``dots`` gathered at their bases (an
+    input's other bases have zero derivative)."""
+    _, derivs, j, scale = bases._local_bases(x, grid, spline_order, uniform, True, tables)
+    n_bases = dots.shape[1] // x.shape[1]
+    dots = dots.view(x.shape[0], n_bases, x.shape[1])
+    grad = torch.zeros_like(x)
+    for m in range(spline_order + 1):
+        b = (j + (m - spline_order)).long()
+        inside = (b >= 0) & (b < n_bases)
+        picked = dots.gather(1, b.clamp(0, n_bases - 1).unsqueeze(1)).squeeze(1)
+        grad = grad + torch.where(inside, derivs[:, m] * picked, 0.0)
     return grad if scale is None else grad * scale
 
 
@@ -118,8 +146,7 @@ class FusedSplineContraction(torch.autograd.Function):
                 grad_x = torch.zeros_like(x)
             else:
                 tables = bases._grid_tables(grid, spline_order, uniform)
-                _, derivs, j, scale = _run("local", _local, x, grid, tables, spline_order, uniform, True)
-                grad_x = _run("grad_x", _grad_x, derivs, j, scale, grad_out @ coef_t, spline_order, n_bases)
+                grad_x = _run("grad_x", _grad_x, x, grid, tables, grad_out @ coef_t, spline_order, uniform)
         if ctx.needs_input_grad[2]:
             grad_coef = (grad_out.T @ basis).view(-1, n_bases, x.shape[1]).transpose(1, 2)
         return grad_x, None, grad_coef, None, None

@@ -69,21 +69,34 @@ LOCAL_RULES = {
     "cuda": ((2**18, 8.0), (2**15, 24.0)),
 }
 
+# The compiled "fused" contraction beats both up to (G + k) / (k + 1) of about 4 (CPU, batch
+# 1024, G = 5: fused/dense 0.66 at [64, 64, 64], 0.83 at [256, 256]; G = 20: fused/local 0.98
+# at [64, 64, 64]), once compiled: the first call of a new shape compiles for seconds. From
+# FUSED_MIN_INPUTS inputs N * in on, a step is long enough (~10 ms) for that to pay off within a
+# short run; smaller problems (tiny models, tests) stay eager.
+FUSED_MAX_RATIO = 4.0
+FUSED_MIN_INPUTS = 2**15
+
 
 def choose_contraction(
     n_bases: int, spline_order: int, device: torch.device | str = "cpu", n_inputs: int | None = None
 ) -> str:
-    """``"local"`` or ``"dense"`` for splines with ``n_bases = G + k`` bases of order ``k`` on
-    ``n_inputs = N * in`` inputs (``None``: a large batch).
+    """``"local"``, ``"dense"`` or ``"fused"`` for splines with ``n_bases = G + k`` bases of order
+    ``k`` on ``n_inputs = N * in`` inputs (``None``: a large batch).
 
     The dense matmul does ``G + k`` multiply-adds per input and output where the local gathers
     do ``k + 1``, but a matmul runs several times faster per multiply-add and the local path
     has a larger fixed cost (sort, more ops): local wins once ``(G + k) / (k + 1)`` passes a
-    threshold that grows as the problem shrinks (``LOCAL_RULES``).
+    threshold that grows as the problem shrinks (``LOCAL_RULES``). Below ``FUSED_MAX_RATIO``,
+    large enough problems (``FUSED_MIN_INPUTS``) take the compiled dense path when it can
+    compile here (:func:`~kan_lightning.nn.fused.worth_choosing`).
     """
     kind = torch.device(device).type
     rules = LOCAL_RULES.get(kind, LOCAL_RULES["cuda"])
     ratio = n_bases / (spline_order + 1)
+    large = n_inputs is None or n_inputs >= FUSED_MIN_INPUTS
+    if large and ratio < FUSED_MAX_RATIO and fused.worth_choosing(device):
+        return "fused"
     for min_inputs, min_ratio in rules:
         if n_inputs is None or n_inputs >= min_inputs:
             return "local" if ratio >= min_ratio else "dense"
