@@ -169,17 +169,17 @@ class StackedKAN(nn.Module):
             x = layer(x)
         return x
 
-    def model(self, m: int) -> KAN:
-        """Model ``m`` as a plain KAN (a copy: changing it leaves the stack alone)."""
+    def model(self, m: int, state: dict[str, Tensor] | None = None, uniform_grids: Sequence[bool] | None = None) -> KAN:
+        """Model ``m`` as a plain KAN (a copy: changing it leaves the stack alone); from
+        ``state`` (a copy of this stack's ``state_dict()`` taken while its shapes were the current
+        ones, e.g. the best epoch's weights) and its ``uniform_grids`` (one flag per layer) when given."""
         weight = self.layers[0].base_weight
         kan = copy.deepcopy(self._template).to(device=weight.device, dtype=weight.dtype)
-        state = {}
-        for i, layer in enumerate(self.layers):
-            for name in (*STACKED_PARAMETERS, *STACKED_BUFFERS):
-                state[f"layers.{i}.{name}"] = getattr(layer, name)[m].detach().clone()
-        kan.load_state_dict(state)
-        for kan_layer, layer in zip(kan.layers, self.layers):
-            kan_layer.uniform_grid = layer.uniform_grids[m]  # as trained, not re-detected
+        state = self.state_dict() if state is None else state
+        kan.load_state_dict({key: value[m].detach().clone() for key, value in state.items()})
+        flags = [layer.uniform_grids[m] for layer in self.layers] if uniform_grids is None else uniform_grids
+        for kan_layer, flag in zip(kan.layers, flags):
+            kan_layer.uniform_grid = flag  # as trained, not re-detected
         kan.config["grid_size"] = kan.grid_size
         return kan
 
