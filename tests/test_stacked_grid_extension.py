@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from omegaconf import OmegaConf
 
 from kan_lightning.commands.train import train
