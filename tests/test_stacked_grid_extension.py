@@ -6,6 +6,7 @@ import json
 
 from omegaconf import OmegaConf
 
+from kan_lightning.commands.evaluate import evaluate
 from kan_lightning.commands.train import train
 from kan_lightning.stacked.plan import plan, why_not_stackable
 from kan_lightning.stacked.training import Job, train_stack
@@ -72,6 +73,11 @@ def test_stacked_grid_extension_equals_separate_kan_train_runs(make_cfg, tmp_pat
     assert len(delivered) > 1, delivered  # the models end on different grids
     record = json.loads((tmp_path / "stacked1" / "metrics.json").read_text())
     assert record["callbacks"]["grid_extension"]["delivered"] == results[0]["callbacks"]["grid_extension"]["delivered"]
+    # the best checkpoints (on a finer grid than the configured one) read back as the separate run's
+    for name, record in (("alone3", separate[2]), ("stacked3", results[2])):
+        cfg = make_cfg(f"ckpt_path={record['best']['path']}", "split=test", config_name="eval", output_dir=tmp_path / name / "eval")
+        record["eval"] = evaluate(cfg)
+    assert _relative(results[2]["eval"]["test/rmse"], separate[2]["eval"]["test/rmse"]) < 1e-6
 
 
 def test_stacked_grid_extension_lbfgs_follows_separate_runs(make_cfg, tmp_path):
