@@ -27,7 +27,9 @@ def _grads(module):
     return {name: p.grad.clone() for name, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"spline_order": 2, "grid_size": 7, "layers_hidden": [3, 4, 2]}, {"spline_order": 0}])
+# G = 5: the dense contraction; G = 40, 30: the local one (LOCAL_MIN_RATIO)
+@pytest.mark.parametrize("kwargs", [{}, {"spline_order": 2, "grid_size": 7, "layers_hidden": [3, 4, 2]}, {"spline_order": 0},
+                                    {"grid_size": 40}, {"spline_order": 2, "grid_size": 30, "layers_hidden": [3, 4, 2]}])
 def test_forward_and_gradients_equal_the_separate_models(kwargs):
     seeds = [0, 1, 7]
     models = _models(seeds, **kwargs)

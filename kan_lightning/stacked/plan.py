@@ -5,7 +5,7 @@ its data's function, noise, domain and seed, its paths and names: ``PER_JOB_KEYS
 everything they use is supported stacked: a :class:`~kan_lightning.nn.KAN` without penalties or
 linear extrapolation, an optimizer that updates every parameter element on its own gradient alone
 (Adam, SGD, ...: ``ELEMENTWISE_OPTIMIZERS``) or L-BFGS (one per model), no scheduler, the default
-callbacks, TensorBoard, CSV or no logger, one CPU or GPU, 32- or 64-bit precision, a fresh run. :func:`why_not_stackable` names
+callbacks and grid extension at fixed epochs or steps, TensorBoard, CSV or no logger, one CPU or GPU, 32- or 64-bit precision, a fresh run. :func:`why_not_stackable` names
 what keeps a job out; such jobs run one by one as usual.
 """
 
@@ -50,6 +50,7 @@ SUPPORTED_CALLBACKS = {
     "lr_monitor": "lightning.pytorch.callbacks.LearningRateMonitor",
     "grid_update": "kan_lightning.lit.callbacks.GridUpdate",
     "progress_bar": "kan_lightning.logs.progress_bar",
+    "grid_extension": "kan_lightning.lit.callbacks.GridExtension",
 }
 
 # trainer keys and the values under which the stacked loop does what the Trainer does
@@ -64,7 +65,7 @@ TRAINER_KEYS: dict[str, Any] = {
     "max_epochs": None,
     "precision": ("32-true", "32", 32, "64-true", "64", 64),
     "gradient_clip_val": (None, 0, 0.0),
-    "check_val_every_n_epoch": (1,),
+    "check_val_every_n_epoch": None,
     "log_every_n_steps": None,
     "deterministic": None,
     "enable_model_summary": None,
@@ -112,11 +113,18 @@ def why_not_stackable(cfg: Mapping[str, Any]) -> str | None:
     epochs = (cfg.get("trainer") or {}).get("max_epochs")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         return f"trainer.max_epochs={epochs!r} (stacked: a number of epochs >= 1)"
+    every = (cfg.get("trainer") or {}).get("check_val_every_n_epoch", 1)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        return f"trainer.check_val_every_n_epoch={every!r} (stacked: a number of epochs >= 1)"
     callbacks = {k: v for k, v in (cfg.get("callbacks") or {}).items() if v}
     for name, node in callbacks.items():
         target = node.get("_target_") if isinstance(node, Mapping) else None
         if SUPPORTED_CALLBACKS.get(name) != target:
             return f"callbacks.{name} ({target})"
+    extension = callbacks.get("grid_extension")
+    if extension and extension.get("patience") is not None:
+        # each model would switch at its own validation: the stack would no longer share a shape
+        return f"callbacks.grid_extension.patience={extension.get('patience')!r} (stacked: at_epochs, at_steps or the default split)"
     checkpoint = callbacks.get("model_checkpoint")
     if checkpoint:
         if checkpoint.get("monitor") not in MONITORED or checkpoint.get("mode", "min") not in ("min", "max"):
