@@ -15,8 +15,6 @@ MAX_LINES = 400
 LONG_MODULES = {
     # the compute kernels: one piece of arithmetic written for several devices and precisions
     "kan_lightning/nn/kernels.py",
-    # the stacked trainer: still one piece, to be split by job as the datamodule was
-    "kan_lightning/stacked/training.py",
 }
 LINE_LIMITS = {"kan_lightning/commands/train.py": 150, "kan_lightning/api.py": 300}
 
