@@ -11,7 +11,7 @@ from kan_lightning.data.datamodule import SyntheticFunctionDataModule
 from kan_lightning.lit.callbacks import GridExtension
 from kan_lightning.lit.module import KANRegressor
 from kan_lightning.nn import KAN, KANLayer
-from kan_lightning.nn.refit import difference_matrix, penalized_fit_coefficients, set_refit_smoothness
+from kan_lightning.nn.refit import difference_matrix, penalized_fit_coefficients
 from kan_lightning.nn.splines import bspline_basis, fit_coefficients, uniform_grid
 
 
@@ -83,14 +83,16 @@ def test_refit_smoothness_reaches_the_layers_refit():
     x = torch.linspace(-1, -0.2, 100, dtype=torch.float64).unsqueeze(1)
     plain, smooth = KANLayer(1, 1, grid_size=5).double(), KANLayer(1, 1, grid_size=5).double()
     plain.load_state_dict(layer.state_dict()), smooth.load_state_dict(layer.state_dict())
-    set_refit_smoothness(smooth, 1e-6)
-    for m in (plain, smooth):
-        m.update_grid(x, grid_size=30, margin=20.0)  # a grid reaching far past the data
+    plain.update_grid(x, grid_size=30, margin=20.0)  # a grid reaching far past the data
+    smooth.update_grid(x, grid_size=30, margin=20.0, smoothness=1e-6)
     far = torch.tensor([[0.2]], dtype=torch.float64)
-    assert smooth.refit_smoothness == 1e-6 and not hasattr(plain, "refit_smoothness")
     assert not torch.allclose(plain.spline_values(far), smooth.spline_values(far))
-    with pytest.raises(ValueError, match="refit_smoothness"):
-        set_refit_smoothness(layer, -1.0)
+    # the penalized refit itself, against the closed-form normal equations above
+    target = layer.spline_values(x)
+    expected = penalized_fit_coefficients(x, target, smooth.grid, smooth.spline_order, 1e-6)
+    assert torch.allclose(smooth.spline_weight, expected, atol=1e-12)
+    with pytest.raises(ValueError, match="smoothness"):
+        layer.update_grid(x, smoothness=-1.0)
 
 
 def test_grid_extension_updates_grids_during_each_stage():

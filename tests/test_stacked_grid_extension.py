@@ -20,6 +20,8 @@ TINY = [
     "trainer.max_epochs=9",
     "trainer.check_val_every_n_epoch=2",
     "callbacks.last_checkpoint.every_n_epochs=1",
+    # the preset's hidden-grid margin in range fractions runs alone (see stacked.plan)
+    "callbacks.grid_extension.grid_margin_range=0.0",
 ]
 ADAM = ["optimizer=adam", "~optimizer.history_size", "optimizer.lr=0.2"]
 STAGE_KEYS = ("stage", "grid", "epoch", "step", "num_parameters")
@@ -114,4 +116,6 @@ def test_grid_extension_options_that_cannot_stack_are_named():
     assert why_not_stackable({**base, "data": data, "callbacks": {"grid_extension": extension}}) is None
     patience = {**base, "data": data, "callbacks": {"grid_extension": {**extension, "patience": 2}}}
     assert "callbacks.grid_extension.patience=2" in why_not_stackable(patience)
+    ranged = {**base, "data": data, "callbacks": {"grid_extension": {**extension, "grid_margin_range": 0.04}}}
+    assert "callbacks.grid_extension.grid_margin_range=0.04" in why_not_stackable(ranged)
     assert "check_val_every_n_epoch" in why_not_stackable({**base, "trainer": {"max_epochs": 3, "check_val_every_n_epoch": 0}})

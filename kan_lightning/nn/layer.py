@@ -12,6 +12,7 @@ from .activations import make_activation
 from .config import SplineConfig, check_count, signature_of
 from .kernels import spline_contract
 from .knots import is_uniform
+from .refit import check_smoothness, penalized_fit_coefficients
 from .splines import (
     bspline_basis,
     bspline_basis_derivative,
@@ -186,14 +187,12 @@ class KANLayer(nn.Module):
         self.uniform_grid = self.uniform_grid and is_uniform(self.grid)
         return module
 
-    def _refit(self, x: Tensor, new_grid: Tensor, uniform: bool, ridge: float = 1e-8) -> None:
-        """Switch to ``new_grid``, refitting coefficients to the current splines at ``x``."""
+    def _refit(self, x: Tensor, new_grid: Tensor, uniform: bool, ridge: float = 1e-8, smoothness: float = 0.0) -> None:
+        """Switch to ``new_grid``, refitting coefficients to the current splines at ``x``
+        (``smoothness`` > 0: the penalized fit of :mod:`.refit`)."""
         with torch.no_grad():
             target = self.spline_values(x)
-            smoothness = getattr(self, "refit_smoothness", 0.0)  # set by nn.refit.set_refit_smoothness
-            if smoothness and ridge:  # (refits on dense grid samples, ridge=0, stay exact)
-                from .refit import penalized_fit_coefficients
-
+            if smoothness:
                 coef = penalized_fit_coefficients(x, target, new_grid, self.spline_order, smoothness)
             else:
                 coef = fit_coefficients(x, target, new_grid, self.spline_order, ridge=ridge)
@@ -209,6 +208,7 @@ class KANLayer(nn.Module):
     def update_grid(
         self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None, *,
         keep_range: bool = False, margin: float = 0.0, bounds: tuple[Tensor, Tensor] | None = None,
+        smoothness: float = 0.0,
     ) -> None:
         """Move the knots toward the quantiles of ``x`` (``(N, in)``), keeping the functions.
 
@@ -224,6 +224,8 @@ class KANLayer(nn.Module):
         whose polynomial pieces were fitted to data, rather than past the grid.
         ``bounds``: otherwise, ``(low, high)`` per input (``(in,)``) that the range must cover
         as well (e.g. interval bounds of where the inputs can go, :mod:`.intervals`).
+        ``smoothness``: > 0 refits with a difference penalty (:mod:`.refit`), which holds the
+        coefficients of bases with little data under them on the curve through their neighbours.
         """
         if not (margin >= 0 and math.isfinite(margin)):
             raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
@@ -258,7 +260,7 @@ class KANLayer(nn.Module):
             interior[:, -1:] = torch.nextafter(hi, torch.full_like(hi, math.inf))
             interior = torch.where(degenerate, lo + (steps - size / 2) / size, interior)
             new_grid = extend_knots(interior, self.spline_order)
-        self._refit(x, new_grid, uniform=eps == 1.0)
+        self._refit(x, new_grid, uniform=eps == 1.0, smoothness=check_smoothness(smoothness))
 
     def grid_interior(self) -> Tensor:
         """The ``G + 1`` knots spanning the grid range: ``(in, G + 1)``."""

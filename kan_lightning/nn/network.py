@@ -114,6 +114,7 @@ class KAN(Widths, nn.Module):
     def update_grid(
         self, x: Tensor, grid_eps: float | None = None, grid_size: int | None = None, *,
         keep_input_range: bool = False, margin: float = 0.0, hidden_range: str = "margin",
+        smoothness: float = 0.0,
     ) -> None:
         """Adapt every layer's grid to the distribution of its inputs on ``x``, in order
         (optionally with ``grid_size`` intervals). ``keep_input_range``: the first layer's grid
@@ -122,16 +123,19 @@ class KAN(Widths, nn.Module):
         ``margin`` intervals per side (:meth:`KANLayer.update_grid`); with ``"interval"``,
         interval bounds of their inputs over the first grid's whole range (the box of network
         inputs the first layer covers, propagated through the refitted layers before them,
-        :mod:`.intervals`), so that no input from that box can leave a hidden grid."""
+        :mod:`.intervals`), so that no input from that box can leave a hidden grid.
+        ``smoothness``: the penalized refit of :meth:`KANLayer.update_grid`."""
         if hidden_range not in HIDDEN_RANGES:
             raise ValueError(f"hidden_range must be one of {HIDDEN_RANGES}, got {hidden_range!r}")
         x = x.reshape(-1, self.in_features)
         box = None
         for i, layer in enumerate(self.layers):
             if i == 0 or hidden_range == "margin":
-                layer.update_grid(x, grid_eps, grid_size, keep_range=keep_input_range and i == 0, margin=margin)
+                layer.update_grid(
+                    x, grid_eps, grid_size, keep_range=keep_input_range and i == 0, margin=margin, smoothness=smoothness
+                )
             else:
-                layer.update_grid(x, grid_eps, grid_size, bounds=box)
+                layer.update_grid(x, grid_eps, grid_size, bounds=box, smoothness=smoothness)
             if hidden_range == "interval":
                 if i == 0:
                     interior = layer.grid_interior()
@@ -147,6 +151,7 @@ class KAN(Widths, nn.Module):
         keep_input_range: bool = False,
         margin: float = 0.0,
         hidden_range: str = "margin",
+        smoothness: float = 0.0,
     ) -> None:
         """Refine every layer's grid to ``new_grid_size`` intervals, keeping the functions.
 
@@ -154,11 +159,12 @@ class KAN(Widths, nn.Module):
         when the new grid contains the old knots). With ``x`` (pykan's ``refine``) each layer's
         new grid is fitted to its inputs on ``x``, which also preserves the functions where
         hidden activations have left the grid range; ``keep_input_range``, ``margin`` and
-        ``hidden_range`` as in :meth:`update_grid`.
+        ``hidden_range`` and ``smoothness`` as in :meth:`update_grid`.
         """
         if x is not None:
             self.update_grid(
-                x, grid_size=new_grid_size, keep_input_range=keep_input_range, margin=margin, hidden_range=hidden_range
+                x, grid_size=new_grid_size, keep_input_range=keep_input_range, margin=margin,
+                hidden_range=hidden_range, smoothness=smoothness,
             )
             return
         for layer in self.layers:

@@ -18,7 +18,7 @@ grows with the square of the distance instead of the fourth power for a cubic). 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .splines import bspline_basis
 
@@ -58,13 +58,9 @@ def penalized_fit_coefficients(
     return coef.permute(2, 0, 1).to(dtype).contiguous()
 
 
-def set_refit_smoothness(model: nn.Module, smoothness: float) -> None:
-    """Make every KAN layer of ``model`` refit its coefficients (at grid updates and grid
-    extensions fitted on data) with :func:`penalized_fit_coefficients` at this weight; 0: the
-    plain ridge fit."""
+def check_smoothness(smoothness: float) -> float:
+    """``smoothness`` as a float, refused unless a finite number >= 0."""
     value = float(smoothness)
     if not (value >= 0 and value != float("inf")):
-        raise ValueError(f"refit_smoothness must be a finite number >= 0, got {smoothness!r}")
-    for module in model.modules():
-        if hasattr(module, "spline_weight") and hasattr(module, "_refit"):
-            module.refit_smoothness = value
+        raise ValueError(f"smoothness must be a finite number >= 0, got {smoothness!r}")
+    return value

@@ -172,10 +172,6 @@ class GridExtension(L.Callback):
                 f"grids={self.grids} is {self.grid_size}; start the model on the first grid "
                 f"(model.grid_size={self.grids[0]})"
             )
-        if self.refit_smoothness:
-            from kan_lightning.nn.refit import set_refit_smoothness
-
-            set_refit_smoothness(model, self.refit_smoothness)
         if self.at_epochs is None and self.at_steps is None and self.patience is None and len(self.grids) > 1:
             epochs = trainer.max_epochs
             if epochs is None or epochs < len(self.grids):
@@ -210,7 +206,7 @@ class GridExtension(L.Callback):
         x = _fit_inputs(trainer, batch, self.max_samples).to(device=param.device, dtype=param.dtype)
         extra = {"hidden_range": self.hidden_range} if self.hidden_range != "margin" else {}
         margin = self.grid_margin + self.grid_margin_range * self.grid_size
-        model.update_grid(x, keep_input_range=self.keep_input_range, margin=margin, **extra)
+        model.update_grid(x, keep_input_range=self.keep_input_range, margin=margin, smoothness=self.refit_smoothness, **extra)
 
     def extend(self, trainer, pl_module, batch=None) -> None:
         """Move to the next grid now: refit the coefficients and rebuild the optimizers."""
@@ -225,7 +221,9 @@ class GridExtension(L.Callback):
             x = _fit_inputs(trainer, batch, self.max_samples).to(device=param.device, dtype=param.dtype)
         extra = {"hidden_range": self.hidden_range} if self.hidden_range != "margin" else {}
         margin = self.grid_margin + self.grid_margin_range * new_size  # (intervals per side)
-        model.extend_grid(new_size, x=x, keep_input_range=self.keep_input_range, margin=margin, **extra)
+        model.extend_grid(
+            new_size, x=x, keep_input_range=self.keep_input_range, margin=margin, smoothness=self.refit_smoothness, **extra
+        )
         _rebuild(pl_module)
         self.history.append(
             {
