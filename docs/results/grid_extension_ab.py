@@ -11,7 +11,6 @@ from that same network, so that only the option under test differs.
 import argparse, json, math, os, time, torch
 from kan_lightning.data.datamodule import SyntheticFunctionDataModule
 from kan_lightning.nn import KAN
-from kan_lightning.nn.refit import set_refit_smoothness
 p = argparse.ArgumentParser()
 p.add_argument("--width", default="2,1,1"); p.add_argument("--seed", type=int, default=2)
 p.add_argument("--grids", default="3,5,10,20,50,100"); p.add_argument("--steps", type=int, default=200)
@@ -45,8 +44,10 @@ margin = lambda G: a.frac * G if a.frac else a.margin
 cache = os.path.join(a.cache_dir, f"grid_ab_{a.width}_{a.seed}_{a.from_grid}.pt")
 t0 = time.time(); out = []
 start = grids.index(a.from_grid)
-if os.path.exists(cache):
-    model, out = torch.load(cache, weights_only=False)
+if os.path.exists(cache):  # plain tensors and numbers only: nothing in the file runs
+    saved = torch.load(cache, weights_only=True)
+    model, out = KAN(**saved["config"]), [tuple(r) for r in saved["out"]]
+    model.load_state_dict(saved["state"])
 else:
     torch.manual_seed(a.seed)
     model = KAN(width, grid_size=grids[0], grid_eps=0.5)
@@ -54,11 +55,10 @@ else:
         if i: model.extend_grid(G, x=xtr, keep_input_range=True, margin=0.5)
         train(model, a.steps, G)
         with torch.no_grad(): out.append((G, rmse(model, xtr, ytr), rmse(model, xva, yva), rmse(model, xte, yte)))
-    torch.save((model, out), cache)
-if a.smooth: set_refit_smoothness(model, a.smooth)
+    torch.save({"config": model.config, "state": model.state_dict(), "out": out}, cache)
 for l in model.layers: l.extrapolate = a.extrapolate
 for G in grids[start + 1 :]:
-    model.extend_grid(G, x=xtr, keep_input_range=True, margin=margin(G))
+    model.extend_grid(G, x=xtr, keep_input_range=True, margin=margin(G), smoothness=a.smooth)
     train(model, a.steps, G)
     with torch.no_grad(): out.append((G, rmse(model, xtr, ytr), rmse(model, xva, yva), rmse(model, xte, yte)))
 best = min(out, key=lambda r: r[2])

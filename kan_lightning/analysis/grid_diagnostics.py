@@ -37,7 +37,8 @@ def load_run(run_dir: str | Path, ckpt: str = "last.ckpt"):
     datamodule.setup()
     model_cfg = {k: v for k, v in config["model"].items() if k != "_target_"}
     model = KAN(**model_cfg).double()
-    state = torch.load(Path(run_dir) / "checkpoints" / ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    # weights_only: tensors and plain containers only, nothing in the file runs
+    state = torch.load(Path(run_dir) / "checkpoints" / ckpt, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
     return model, datamodule
 
