@@ -18,6 +18,7 @@ p.add_argument("--from_grid", type=int, default=20)
 p.add_argument("--updates", type=int, default=0); p.add_argument("--every", type=int, default=5)
 p.add_argument("--smooth", type=float, default=0.0); p.add_argument("--margin", type=float, default=0.5)
 p.add_argument("--frac", type=float, default=0.0, help="hidden-grid margin as a fraction of the range (frac * G intervals) instead of --margin intervals")
+p.add_argument("--eps", type=float, default=None, help="grid_eps of the switches past --from_grid (preset: 0.5; pykan: 0.02)")
 p.add_argument("--hist", type=int, default=100); p.add_argument("--tag", default="")
 p.add_argument("--extrapolate", default="bases"); p.add_argument("--cache_dir", default="sweeps"); p.add_argument("--train_smooth", type=float, default=0.0)
 a = p.parse_args()
@@ -56,7 +57,9 @@ else:
         train(model, a.steps, G)
         with torch.no_grad(): out.append((G, rmse(model, xtr, ytr), rmse(model, xva, yva), rmse(model, xte, yte)))
     torch.save({"config": model.config, "state": model.state_dict(), "out": out}, cache)
-for l in model.layers: l.extrapolate = a.extrapolate
+for l in model.layers:
+    l.extrapolate = a.extrapolate
+    if a.eps is not None: l.grid_eps = a.eps
 for G in grids[start + 1 :]:
     model.extend_grid(G, x=xtr, keep_input_range=True, margin=margin(G), smoothness=a.smooth)
     train(model, a.steps, G)
