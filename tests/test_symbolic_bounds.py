@@ -16,14 +16,17 @@ from kan_lightning.nn import KAN
 
 def test_shared_fits_recover_closed_forms_and_match_single_fits():
     """Edges leaving one input, fitted together: each finds its own closed form (R^2 ~ 1, the
-    known a, b), and the fits equal those of one call per edge."""
+    known a, b), and the fits equal those of one call per edge (to rounding)."""
     x = np.linspace(-1, 1, 400)
     ys = np.stack([3 * np.sin(2 * x + 1) - 0.5, 0.7 * np.exp(1.5 * x), 2 * (x - 0.3) ** 2 + 1], axis=1)
     expected = ["sin", "exp", "x^2"]
     for fn_name, col in zip(expected, range(3)):
         shared = sym.fit_function_shared(x, ys, fn_name)
         single = sym.fit_function(x, ys[:, col], fn_name)
-        assert shared[col] == single
+        # the same fit up to rounding (batched and single least squares may differ in the last ulp)
+        assert (shared[col].name, shared[col].complexity) == (single.name, single.complexity)
+        for field in ("a", "b", "c", "d", "r2"):
+            assert getattr(shared[col], field) == pytest.approx(getattr(single, field), rel=1e-9, abs=1e-12), field
         assert single.r2 > 1 - 1e-9, single
     sin_fit = sym.fit_function_shared(x, ys, "sin")[0]
     assert abs(sin_fit.a) == pytest.approx(2.0, rel=1e-6)  # c sin(a x + b): a sign may flip with b
