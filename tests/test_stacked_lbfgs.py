@@ -59,4 +59,4 @@ def test_per_model_lbfgs_follows_each_separate_lbfgs():
     for m, model in enumerate(separate):
         for name, p in model.named_parameters():
             torch.testing.assert_close(dict(stack.named_parameters())[name][m], p.detach(), rtol=1e-8, atol=1e-12, msg=name)
-        assert driver.optimizers[m].state[driver.optimizers[m]._params[0]]["func_evals"] == optimizers[m].state[optimizers[m]._params[0]]["func_evals"]
+        assert driver.states[m].func_evals == optimizers[m].state[optimizers[m]._params[0]]["func_evals"]

@@ -1,130 +1,109 @@
-"""L-BFGS for a stack of models: one ``torch.optim.LBFGS`` per model, evaluated together.
+"""L-BFGS for a stack of models: one L-BFGS per model, driven in rounds, evaluated together.
 
 L-BFGS is not elementwise: its two-loop recursion, step length, strong-Wolfe line search and
 stopping tests use the whole parameter vector, so one optimizer over the stacked tensors would
-mix the models. Here each model keeps its own parameters (leaf tensors shaped as in its KAN)
-and its own ``torch.optim.LBFGS`` (history, line search, stopping): the very optimizer a
-separate run uses. Each optimizer's ``step`` runs in its own thread; its closure hands the
-request to the stack and waits. When every running optimizer waits for an evaluation (or has
-finished its step), the stack evaluates all the waiting models at once, at the points each
-asked for (one batched forward and backward, the stacked tensors assembled from the per-model
-leaves), and hands each its own loss and gradients. Models whose step has ended sit out the
-remaining evaluations. Only one thread computes at a time (the others wait), so the result
-does not depend on thread scheduling.
+mix the models. Here each model keeps its own flat parameter vector (a row of one ``(M, n)``
+tensor, the parameters in the stack's order) and its own L-BFGS state
+(:class:`~kan_lightning.stacked.lbfgs_steps.LBFGSHistory`: history, step length, counters) with
+the settings of the configured ``torch.optim.LBFGS``. A step of each model is a generator
+(:func:`~kan_lightning.stacked.lbfgs_steps.lbfgs_step`, torch's algorithm) that yields the points
+it wants evaluated. Each round collects the points of every model still in its step, evaluates
+them in one batched forward and backward (the stacked tensors cut from the ``(M, n)`` points)
+and sends each model its own loss and gradient; models whose step has ended sit out the
+remaining rounds. No threads: the rounds run one after the other in this one.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from kan_lightning.nn.stacked import StackedKAN
+from kan_lightning.stacked.lbfgs_steps import LBFGSHistory, lbfgs_step
 
 
 class PerModelLBFGS:
-    """``factory(params) -> LBFGS`` once per model of ``stack``, over that model's own leaves."""
+    """One L-BFGS per model of ``stack`` with the settings of ``factory(params)`` (a
+    ``torch.optim.LBFGS``, kept as :attr:`optimizer` for its settings and name)."""
 
     def __init__(self, stack: StackedKAN, factory: Callable[[list[Tensor]], torch.optim.Optimizer]) -> None:
         self.stack = stack
         self.names = [name for name, _ in stack.named_parameters()]
-        self.leaves: list[list[Tensor]] = []
         self.pull()
-        self.optimizers = [factory(leaves) for leaves in self.leaves]
+        self.optimizer = factory([torch.zeros(0, dtype=self.flat.dtype, device=self.flat.device)])
+        if not isinstance(self.optimizer, torch.optim.LBFGS):
+            raise TypeError(f"per-model L-BFGS needs torch.optim.LBFGS, got {type(self.optimizer).__name__}")
+        self.group = self.optimizer.param_groups[0]
+        n_models, n = self.flat.shape
+        self.states = [LBFGSHistory(n, self.group["history_size"], self.flat.dtype, self.flat.device) for _ in range(n_models)]
+
+    def _params(self) -> list[Tensor]:
+        params = dict(self.stack.named_parameters())
+        return [params[name] for name in self.names]
+
+    def _split(self, flat: Tensor) -> dict[str, Tensor]:
+        """The stack's parameters cut from ``(M, n)`` rows (contiguous, as the stacked ones)."""
+        params = self._params()
+        pieces = flat.split([p[0].numel() for p in params], dim=1)
+        return {name: piece.reshape(p.shape).contiguous() for name, piece, p in zip(self.names, pieces, params)}
 
     def pull(self) -> None:
-        """Per-model leaves from the stack's parameters."""
-        params = dict(self.stack.named_parameters())
-        self.leaves = [
-            [params[name].detach()[m].clone().requires_grad_(True) for name in self.names]
-            for m in range(self.stack.num_models)
-        ]
+        """The models' flat parameters from the stack's parameters."""
+        self.flat = torch.cat([p.detach().flatten(1) for p in self._params()], dim=1)
 
     @torch.no_grad()
     def push(self) -> None:
-        """Copy the leaves into the stack's parameters (for checkpoints and grid updates)."""
-        params = dict(self.stack.named_parameters())
-        for j, name in enumerate(self.names):
-            params[name].copy_(torch.stack([leaves[j] for leaves in self.leaves]))
+        """Copy the flat parameters into the stack's (for checkpoints and grid updates)."""
+        for p, value in zip(self._params(), self._split(self.flat).values()):
+            p.copy_(value)
 
     @torch.no_grad()
     def pull_in_place(self) -> None:
-        """Copy the stack's parameters into the leaves in place (after a per-model grid update
-        changed the coefficients: the optimizers keep their state, as in a separate run)."""
-        params = dict(self.stack.named_parameters())
-        for j, name in enumerate(self.names):
-            for m, leaves in enumerate(self.leaves):
-                leaves[j].copy_(params[name][m])
+        """Copy the stack's parameters into the flat ones in place (after a per-model grid update
+        changed the coefficients: the L-BFGS states are kept, as in a separate run)."""
+        self.flat.copy_(torch.cat([p.detach().flatten(1) for p in self._params()], dim=1))
 
     def stacked_parameters(self) -> dict[str, Tensor]:
-        """The stack's parameters assembled from the leaves (differentiable in them)."""
-        return {name: torch.stack([leaves[j] for leaves in self.leaves]) for j, name in enumerate(self.names)}
+        """The stack's parameters at the current flat parameters."""
+        return self._split(self.flat)
 
     def step(self, evaluate: Callable[[dict[str, Tensor]], tuple[Tensor, Tensor]], active: Sequence[bool]) -> tuple[Tensor, Tensor]:
-        """One ``LBFGS.step`` of every model marked ``active``. ``evaluate(params)`` runs the
-        stack with the given parameters (:meth:`stacked_parameters`) and returns per-model losses
+        """One L-BFGS step of every model marked ``active``. ``evaluate(params)`` runs the stack
+        with the given parameters (:meth:`stacked_parameters`) and returns per-model losses
         ``(M,)`` and outputs. Returns the losses and outputs of each model's first evaluation
         (the step's starting point, what ``kan-train`` logs; NaN for inactive models)."""
-        n_models = len(self.leaves)
-        cond = threading.Condition()
-        waiting: set[int] = set()
-        finished = {m for m in range(n_models) if not active[m]}
-        results: dict[int, Tensor] = {}
-        errors: dict[int, BaseException] = {}
-        first: list[tuple[Tensor, Tensor] | None] = [None] * n_models
-
-        def closure_of(m: int):
-            def closure() -> Tensor:
-                with cond:
-                    waiting.add(m)
-                    cond.notify_all()
-                    while m in waiting:
-                        cond.wait()
-                    return results.pop(m)
-
-            return closure
-
-        def run(m: int) -> None:
-            try:
-                self.optimizers[m].step(closure_of(m))
-            except BaseException as err:  # noqa: BLE001 - handed to the caller below
-                errors[m] = err
-            finally:
-                with cond:
-                    finished.add(m)
-                    cond.notify_all()
-
-        threads = [threading.Thread(target=run, args=(m,), daemon=True) for m in range(n_models) if active[m]]
-        for thread in threads:
-            thread.start()
-        while True:
-            with cond:
-                while len(waiting) + len(finished) < n_models:
-                    cond.wait()
-                if not waiting:
-                    break
-                evaluated = sorted(waiting)
-                mask = torch.zeros(n_models, dtype=torch.bool)
-                mask[evaluated] = True
+        n_models = self.flat.shape[0]
+        steps = {m: lbfgs_step(self.states[m], self.flat[m], self.group) for m in range(n_models) if active[m]}
+        with torch.no_grad():
+            requests = {m: next(gen) for m, gen in steps.items()}
+        first_loss: Tensor | None = None
+        first_pred: Tensor | None = None
+        while requests:
+            points = self.flat.clone()
+            evaluated = list(requests)
+            index = torch.tensor(evaluated, device=points.device)
+            points[index] = torch.stack([requests[m] for m in evaluated])
+            points.requires_grad_(True)
+            mask = torch.zeros(n_models, dtype=torch.bool, device=points.device)
+            mask[index] = True
+            with torch.enable_grad():
+                losses, pred = evaluate(self._split(points))
+                torch.where(mask, losses, 0.0).sum().backward()
+            losses, pred = losses.detach(), pred.detach()
+            grads = points.grad if points.grad is not None else torch.zeros_like(points)
+            if first_loss is None:
+                first_loss = torch.full_like(losses, float("nan"))
+                first_pred = torch.full_like(pred, float("nan"))
+                first_loss[index], first_pred[index] = losses[index], pred[index]
+            requests = {}
+            with torch.no_grad():
                 for m in evaluated:
-                    for leaf in self.leaves[m]:
-                        leaf.grad = None
-                with torch.enable_grad():
-                    losses, pred = evaluate(self.stacked_parameters())
-                    torch.where(mask.to(losses.device), losses, 0.0).sum().backward()
-                for m in evaluated:
-                    if first[m] is None:
-                        first[m] = (losses[m].detach(), pred[m].detach())
-                    results[m] = losses[m].detach()
-                    waiting.discard(m)
-                cond.notify_all()
-        for thread in threads:
-            thread.join()
-        if errors:
-            raise next(iter(errors.values()))
-        ref_loss, ref_pred = next(f for f in first if f is not None)
-        loss = torch.stack([f[0] if f is not None else torch.full_like(ref_loss, float("nan")) for f in first])
-        pred = torch.stack([f[1] if f is not None else torch.full_like(ref_pred, float("nan")) for f in first])
-        return loss, pred
+                    try:
+                        requests[m] = steps[m].send((losses[m], grads[m]))
+                    except StopIteration:
+                        pass
+        if first_loss is None:
+            raise ValueError("no model is active")
+        return first_loss, first_pred

@@ -8,8 +8,9 @@ model starts exactly as in a separate run), its own data and batch order, and ge
 Why the result is the separate runs' result. The objective is ``sum_m loss_m``; model ``m``'s
 parameters enter ``loss_m`` only, so their gradient is ``d loss_m``. Optimizers that update each
 element from its own gradient and state (Adam, AdamW, SGD, ...) then move every model exactly
-as alone. L-BFGS runs as one ``torch.optim.LBFGS`` per model, with its own line search, over
-that model's own parameters, its closures evaluated together (:mod:`kan_lightning.stacked.lbfgs`).
+as alone. L-BFGS runs per model (``torch.optim.LBFGS``'s algorithm and settings), with its own
+history and line search over that model's own parameters, the evaluations of all models made
+together (:mod:`kan_lightning.stacked.lbfgs`).
 Grid updates run per model (:meth:`StackedKAN.update_grid`), on each job's own
 training inputs; grid extension runs each job's own ``GridExtension`` on its model
 (:mod:`kan_lightning.stacked.grid_extension`). What differs is the order of floating-point sums (one batched matmul instead
@@ -115,7 +116,7 @@ class _Optimizers:
 
     def build(self, stack: StackedKAN) -> None:
         self.lbfgs = PerModelLBFGS(stack, self.factory) if self.per_model else None
-        self.optimizer = self.lbfgs.optimizers[0] if self.lbfgs else self.factory(stack.parameters())
+        self.optimizer = self.lbfgs.optimizer if self.lbfgs else self.factory(stack.parameters())
 
 
 def _fit_and_test(jobs: list[Job]) -> None:
