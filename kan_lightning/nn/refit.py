@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .splines import bspline_basis
+from .splines import bspline_basis, least_squares
 
 
 def difference_matrix(n: int, order: int = 2, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
@@ -54,7 +54,7 @@ def penalized_fit_coefficients(
     penalty = lam.sqrt().view(-1, 1, 1) * d  # (in, nb - order, nb)
     a = torch.cat([a, penalty], dim=1)
     b = torch.cat([b, b.new_zeros(b.shape[0], penalty.shape[1], b.shape[2])], dim=1)
-    coef = torch.linalg.lstsq(a, b).solution  # (in, nb, out)
+    coef = least_squares(a, b)  # (in, nb, out)
     return coef.permute(2, 0, 1).to(dtype).contiguous()
 
 

@@ -91,6 +91,14 @@ def bspline_basis(x: Tensor, grid: Tensor, spline_order: int, uniform: bool = Fa
     return out.scatter_add(-1, index, values)
 
 
+def least_squares(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.linalg.lstsq(a, b).solution``, the same bits on every call: on CPU by the SVD
+    driver (``gelsd``), since the default ``gelsy`` returns slightly different last bits from call
+    to call, which L-BFGS then amplifies into runs that differ at the same seed."""
+    driver = "gelsd" if a.device.type == "cpu" else None
+    return torch.linalg.lstsq(a, b, driver=driver).solution
+
+
 def fit_coefficients(
     x: Tensor, y: Tensor, grid: Tensor, spline_order: int, ridge: float = 1e-8
 ) -> Tensor:
@@ -108,5 +116,5 @@ def fit_coefficients(
         eye = torch.eye(n_bases, dtype=a.dtype, device=a.device) * ridge**0.5
         a = torch.cat([a, eye.expand(a.shape[0], -1, -1)], dim=1)
         b = torch.cat([b, b.new_zeros(b.shape[0], n_bases, b.shape[2])], dim=1)
-    coef = torch.linalg.lstsq(a, b).solution  # (in, nb, out)
+    coef = least_squares(a, b)  # (in, nb, out)
     return coef.permute(2, 0, 1).to(dtype).contiguous()
