@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
 from kan_lightning.data.normalization import denormalize_y
+from kan_lightning.lit.closure import ReevaluatingClosure, reevaluation_is_lean
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -104,6 +105,8 @@ class KANRegressor(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{stage}_metrics": regression_metrics(stage) for stage in STAGES})
         # (global_step, batch_idx) of the last logged training batch: see _step
         self._logged_batch: tuple[int, int] | None = None
+        # the closure of the optimizer step in progress, when it re-evaluates directly
+        self._closure: ReevaluatingClosure | None = None
 
     # -- model ------------------------------------------------------------------------------
 
@@ -185,6 +188,9 @@ class KANRegressor(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
+        closure = getattr(self, "_closure", None)  # (modules pickled before the attribute)
+        if closure is not None:
+            closure.record(batch)
         return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch, batch_idx):
@@ -207,6 +213,17 @@ class KANRegressor(L.LightningModule):
         if isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler["monitor"] = self.scheduler_monitor
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        # Closure re-evaluations (LBFGS) without Lightning's per-call hooks where that changes
+        # nothing (kan_lightning.lit.closure); one-evaluation optimizers call it once anyway.
+        if optimizer_closure is None or not reevaluation_is_lean(self.trainer, self):
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self._closure = ReevaluatingClosure(self, optimizer_closure, optimizer, batch_idx)
+        try:
+            optimizer.step(closure=self._closure)
+        finally:
+            self._closure = None
 
     def rebuild_optimizers(self, keep_schedule: bool = True) -> None:
         """Recreate optimizers and schedulers, e.g. after a grid extension or pruning replaced

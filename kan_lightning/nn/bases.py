@@ -6,6 +6,7 @@ spaced knots or by de Boor's triangle on any knots. The contractions of :mod:`.k
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,19 +101,22 @@ def _polynomials(coeffs: list[list[float]], powers: list[Tensor | None]) -> Tens
 
 
 def _values_general(
-    x: Tensor, knots: list[Tensor], spline_order: int, derivatives: bool
+    x: Tensor, knots: list[Tensor], spline_order: int, derivatives: bool, distinct: bool = False
 ) -> tuple[Tensor, Tensor | None]:
     """Values and ``x``-derivatives of the ``k + 1`` non-zero bases (de Boor's BSPLVB triangle)
     at ``x`` in ``[t_j, t_{j+1}]`` given ``knots = [t_{j-k+1}, ..., t_{j+k}]``: ``(N, k + 1, in)``.
 
     The last stage of the triangle divides the order ``k - 1`` values by the knot spans of the
     order ``k`` bases; those quotients give the derivative directly:
-    ``dB_{j-k+m}/dx = k (temp_{m-1} - temp_m)``.
+    ``dB_{j-k+m}/dx = k (temp_{m-1} - temp_m)``. ``distinct``: the knots are strictly
+    increasing, so no span is zero (see :func:`_general_tables`).
     """
     k = spline_order
+    if k == 0:
+        return torch.ones_like(x).unsqueeze(1), None
     left = [None] + [x - knots[k - r] for r in range(1, k + 1)]
     right = [None] + [knots[k - 1 + r] - x for r in range(1, k + 1)]
-    values = [torch.ones_like(x)]
+    values: list[Tensor | None] = [None]  # the order-0 basis: 1 (the products by it are skipped)
     temps: list[Tensor] = []
     for r in range(1, k + 1):
         saved = None
@@ -120,15 +124,19 @@ def _values_general(
         temps = []
         for s in range(r):
             den = right[s + 1] + left[r - s]
-            # 0/0 = 0 for repeated knots (den > 0 on a strictly increasing grid); the reciprocal
-            # of a safe denominator keeps autograd through these values finite there.
-            repeated = den == 0
-            temp = values[s] * torch.where(repeated, 0.0, torch.where(repeated, 1.0, den).reciprocal())
+            if distinct:
+                inverse = den.reciprocal()
+            else:
+                # 0/0 = 0 for repeated knots; the reciprocal of a safe denominator keeps autograd
+                # through these values finite there.
+                repeated = den == 0
+                inverse = torch.where(repeated, 0.0, torch.where(repeated, 1.0, den).reciprocal())
+            temp = inverse if values[s] is None else values[s] * inverse
             temps.append(temp)
             new.append(right[s + 1] * temp if saved is None else torch.addcmul(saved, right[s + 1], temp))
             saved = left[r - s] * temp
         values = new + [saved]
-    if not derivatives or k == 0:
+    if not derivatives:
         return torch.stack(values, dim=1), None
     padded = [None] + temps + [None]
     derivs = []
@@ -170,24 +178,28 @@ def _uniform_tables(grid: Tensor, dtype: torch.dtype) -> dict[str, Tensor]:
     }
 
 
-def _general_tables(grid: Tensor, spline_order: int, dtype: torch.dtype) -> dict[str, Tensor]:
-    """Windows of the ``2k`` knots ``t_{j-k+1}, ..., t_{j+k}`` for ``j = -1 .. G + 2k`` (rows of
-    ``windows``; the grid extended by ``k + 1`` knots per side), row starts, and the grid's ends."""
+def _general_tables(grid: Tensor, spline_order: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Windows of the ``2k`` knots ``t_{j-k+1}, ..., t_{j+k}`` for ``j = -1 .. G + 2k`` (columns
+    of ``windows``, ``(2k, in (G + 2k + 2))``; the grid extended by ``k + 1`` knots per side), the
+    first column of each row's windows (``starts``, ``(in, 1)``), whether the extended knots are
+    strictly increasing (``distinct``, a bool; ``False`` while compiling, where it would need a
+    data-dependent branch), and the grid's ends."""
     k = spline_order
     n_knots = grid.shape[-1]
-    tables = {"first": grid[:, 0].contiguous(), "last": grid[:, -1].contiguous()}
+    tables: dict[str, Any] = {"first": grid[:, 0].contiguous(), "last": grid[:, -1].contiguous()}
     if k > 0:
         ext = extend_knots(grid, k + 1)
         windows = ext[:, 1:].unfold(1, 2 * k, 1)[:, : n_knots + 1].reshape(-1, 2 * k)
-        rows = torch.arange(grid.shape[0], device=grid.device, dtype=_index_dtype(dtype, windows.shape[0]))
-        tables.update(windows=windows, rows=rows * (n_knots + 1) + 1)
+        starts = torch.arange(grid.shape[0], device=grid.device).view(-1, 1) * (n_knots + 1)
+        distinct = not torch.compiler.is_compiling() and bool((ext.diff(dim=-1) > 0).all())
+        tables.update(windows=windows.T.contiguous(), starts=starts, distinct=distinct)
     return tables
 
 
 _TABLES: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def _grid_tables(grid: Tensor, spline_order: int, uniform: bool) -> dict[str, Tensor]:
+def _grid_tables(grid: Tensor, spline_order: int, uniform: bool) -> dict[str, Any]:
     """:func:`_uniform_tables` / :func:`_general_tables`, cached per grid tensor (weakly) until it
     is modified in place (its version counter changes). Not cached while compiling."""
     compiling = torch.compiler.is_compiling()
@@ -226,24 +238,24 @@ def _interval_uniform(x: Tensor, grid: Tensor, tables: dict[str, Tensor]) -> tup
 
 
 def _interval_general(
-    x: Tensor, grid: Tensor, spline_order: int, tables: dict[str, Tensor]
+    x: Tensor, grid: Tensor, spline_order: int, tables: dict[str, Any]
 ) -> tuple[Tensor, list[Tensor], Tensor]:
     """Knot interval ``j`` (as floats, ``-1`` below the grid, ``G + 2k`` at or above its end), the
     ``2k`` knots ``t_{j-k+1}, ..., t_{j+k}`` around it (each ``(N, in)``) and ``x`` clamped into
     the grid (values outside only land in padding slots; clamping keeps them finite)."""
-    j_long = torch.searchsorted(grid, x.T.contiguous(), right=True) - 1
-    j = torch.empty_like(x, memory_format=torch.contiguous_format).copy_(j_long.T)
+    after = torch.searchsorted(grid, x.T.contiguous(), right=True)  # (in, N): j + 1
+    j = torch.empty_like(x, memory_format=torch.contiguous_format).copy_(after.T).sub_(1)
     xc = x.clamp(tables["first"], tables["last"])
     if spline_order == 0:
         return j, [], xc
-    rows = tables["rows"]
-    knots = F.embedding((j.to(rows.dtype) + rows).to(torch.int32).long(), tables["windows"])  # (N, in, 2k)
-    return j, list(knots.permute(2, 0, 1).contiguous().unbind(0)), xc
+    index = (after + tables["starts"]).T.reshape(-1)  # window of input (n, i), n-major
+    knots = tables["windows"].index_select(1, index).view(-1, *j.shape)  # (2k, N, in)
+    return j, list(knots.unbind(0)), xc
 
 
 def _local_bases(
     x: Tensor, grid: Tensor, spline_order: int, uniform: bool, derivatives: bool = True,
-    tables: dict[str, Tensor] | None = None,
+    tables: dict[str, Any] | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """``values`` and ``derivs`` ``(N, k + 1, in)``, the interval ``j`` ``(N, in)`` (floats) and, for
     uniform grids, the per-row factor turning ``derivs`` into ``x``-derivatives (else ``None``).
@@ -262,7 +274,7 @@ def _local_bases(
         values, derivs = _values_uniform(u, k, derivatives)
         return values, derivs, j, scale
     j, knots, xc = _interval_general(x, grid, k, tables)
-    values, derivs = _values_general(xc, knots, k, derivatives)
+    values, derivs = _values_general(xc, knots, k, derivatives, tables.get("distinct", False))
     return values, derivs, j, None
 
 
