@@ -5,7 +5,8 @@ Two figures, each measured in this one process (CPU time, best of ``--repeats``)
 - the search direction at ``--history`` stored pairs of ``--n`` parameters (float64):
   ``torch.optim.LBFGS``'s two-loop recursion (its code) against
   :meth:`~kan_lightning.stacked.lbfgs_steps.LBFGSHistory.direction` (and the pair update), with
-  their relative difference;
+  their relative difference, and the same recursion with fewer tensor ops
+  (:class:`~kan_lightning.lit.lean_lbfgs.LBFGS`, the optimizer of single runs: the same bits);
 - ``--steps`` L-BFGS steps of ``--models`` KANs [2, 5, 1] (G = 5) on ``--points`` points each,
   the paper toy's L-BFGS settings with history 100: one ``torch.optim.LBFGS`` per separate model
   against the stacked :class:`~kan_lightning.stacked.lbfgs.PerModelLBFGS` (all models' evaluations
@@ -27,6 +28,7 @@ import time
 import torch
 from torch.func import functional_call
 
+from kan_lightning.lit.lean_lbfgs import LBFGS as LeanLBFGS
 from kan_lightning.nn import KAN
 from kan_lightning.nn.stacked import StackedKAN
 from kan_lightning.stacked.lbfgs import PerModelLBFGS
@@ -66,12 +68,17 @@ def direction_times(n: int, history: int, repeats: int) -> dict:
             r.add_(pairs[i][0], alpha=al[i] - be_i)
         return r
 
+    ro = [1.0 / y.dot(s) for s, y in pairs]
+    dirs, stps = [y for _, y in pairs], [s for s, _ in pairs]
+    lean = functools.partial(LeanLBFGS._two_loop, None, g, dirs, stps, ro, state.H_diag, [None] * history)
     reference, mine = two_loop(), state.direction(g)
     reps = 50
     t_torch = best_time(lambda: [two_loop() for _ in range(reps)], 3) / reps
+    t_lean = best_time(lambda: [lean() for _ in range(reps)], 3) / reps
     t_mine = best_time(lambda: [state.direction(g) for _ in range(reps)], 3) / reps
     t_add = best_time(lambda: [state.add(*pairs[-1], pairs[-1][1].dot(pairs[-1][0])) for _ in range(reps)], 3) / reps
-    return {"n": n, "history": history, "two_loop_us": round(t_torch * 1e6), "direction_us": round(t_mine * 1e6),
+    return {"n": n, "history": history, "two_loop_us": round(t_torch * 1e6), "lean_two_loop_us": round(t_lean * 1e6),
+            "lean_equal": torch.equal(lean(), reference), "direction_us": round(t_mine * 1e6),
             "pair_update_us": round(t_add * 1e6), "speedup": round(t_torch / t_mine, 1),
             "speedup_with_update": round(t_torch / (t_mine + t_add), 1),
             "relative_difference": float((mine - reference).norm() / reference.norm())}
