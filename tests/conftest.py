@@ -43,6 +43,18 @@ def make_cfg(tmp_path):
     GlobalHydra.instance().clear()
 
 
+def equal_nested(a, b) -> bool:
+    """Whether two nests of dicts, lists and tensors (state dicts, checkpoints) hold the same
+    keys, dtypes and values bit for bit."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(equal_nested(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(equal_nested(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
+
+
 @pytest.fixture(autouse=True)
 def _single_thread():
     """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP

@@ -9,6 +9,7 @@ import functools
 import lightning as L
 import torch
 
+from conftest import equal_nested
 from kan_lightning.data import SyntheticFunctionDataModule
 from kan_lightning.lit import KANRegressor
 from kan_lightning.lit.closure import reevaluation_is_lean
@@ -58,16 +59,6 @@ def _fit(tmp_path, *callbacks):
     return trainer, module, record, lean, checkpoint
 
 
-def _equal(a, b) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
-    return a == b
-
-
 def test_lbfgs_reevaluations_match_lightnings_closure(tmp_path):
     trainer, module, record, lean, saved = _fit(tmp_path / "lean")
     ref_trainer, ref_module, ref_record, ref_lean, ref_saved = _fit(tmp_path / "ref", LightningClosure())
@@ -79,7 +70,7 @@ def test_lbfgs_reevaluations_match_lightnings_closure(tmp_path):
     assert record.outputs == ref_record.outputs and record.steps == ref_record.steps
     for (name, p), q in zip(module.named_parameters(), ref_module.parameters()):
         assert torch.equal(p, q), name
-    assert _equal(dict(trainer.callback_metrics), dict(ref_trainer.callback_metrics))
+    assert equal_nested(dict(trainer.callback_metrics), dict(ref_trainer.callback_metrics))
     for key in ("loops", "optimizer_states", "lr_schedulers", "global_step", "epoch"):
-        assert _equal(saved[key], ref_saved[key]), key
+        assert equal_nested(saved[key], ref_saved[key]), key
     assert saved["lr_schedulers"][0]["last_epoch"] == 3

@@ -273,6 +273,32 @@ def test_errors_and_double_backward() -> None:
         g.sum().backward()
 
 
+def test_dense_scratch_matrices_change_nothing(monkeypatch) -> None:
+    """The dense contraction's kept scratch matrices give, call after call on new inputs of one
+    shape, the bits that fresh matrices give (scratch off: SCRATCH_MAX_ELEMENTS = -1)."""
+    grid = make_grid("random", 3, grid_size=7)
+    coef = random_coef(4, grid, 3).requires_grad_(True)
+
+    def run():
+        results = []
+        for seed in (1, 2, 1):  # (a shape seen before: the scratch matrices are reused)
+            x = make_inputs(grid, seed=seed).requires_grad_(True)
+            out = spline_contract(x, grid, coef, 3, contraction="dense")
+            gx, gc = torch.autograd.grad(out.square().sum(), (x, coef))
+            results += [out.detach(), gx, gc]
+        return results
+
+    kernels._SCRATCH.clear()
+    with torch.inference_mode():  # (a validation loop's scratch matrices: not reused outside)
+        spline_contract(make_inputs(grid), grid, coef, 3, contraction="dense")
+    kept = run()
+    assert kernels._SCRATCH  # (the CPU path used them)
+    monkeypatch.setattr(kernels, "SCRATCH_MAX_ELEMENTS", -1)
+    fresh = run()
+    assert all(torch.equal(a, b) for a, b in zip(kept, fresh))
+    assert torch.equal(kept[0], kept[6]) and not torch.equal(kept[0], kept[3])
+
+
 def test_saves_little_for_backward() -> None:
     """Bytes kept for backward by the fast layer are a small fraction of the reference's."""
     torch.manual_seed(8)

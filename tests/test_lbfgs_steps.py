@@ -138,5 +138,6 @@ def test_stopping_tests_follow_torch():
 def test_benchmark_times_both_ways_and_agrees():
     direction = direction_times(n=40, history=6, repeats=1)
     assert direction["relative_difference"] < 1e-12 and direction["two_loops_us"] > 0
+    assert direction["lean_equal"] and direction["lean_two_loops_us"] > 0
     stacked = stacked_times(models=2, points=20, steps=1, repeats=1)
     assert stacked["stacked_s"] > 0 and stacked["final_loss_relative_difference"] < 1e-2

@@ -6,7 +6,8 @@ Two figures, each measured in this one process (CPU time):
   (float64, best of ``--repeats``): ``torch.optim.LBFGS``'s two-loop recursion (its code) model
   by model against one batched
   :meth:`~kan_lightning.stacked.lbfgs_history.StackedHistory.direction` (with its pair update),
-  with their relative difference;
+  with their relative difference, and the same recursion with fewer tensor ops
+  (:class:`~kan_lightning.lit.lean_lbfgs.LBFGS`, the optimizer of single runs: the same bits);
 - ``--steps`` L-BFGS steps of ``--models`` KANs ``--width`` (G = 5) on ``--points`` points each,
   the paper toy's L-BFGS settings with history 100: one ``torch.optim.LBFGS`` per separate model
   against the stacked :class:`~kan_lightning.stacked.lbfgs.PerModelLBFGS` (all models' evaluations
@@ -31,6 +32,8 @@ import time
 import torch
 from torch.func import functional_call
 
+from kan_lightning.lit.lean_lbfgs import LBFGS as LeanLBFGS
+from kan_lightning.lit.lean_lbfgs import LBFGS as LeanLBFGS
 from kan_lightning.nn import KAN
 from kan_lightning.nn.stacked import StackedKAN
 from kan_lightning.stacked.lbfgs import PerModelLBFGS
@@ -80,11 +83,19 @@ def direction_times(n: int, history: int, repeats: int, models: int = 16) -> dic
             r.add_(pairs[i][0], alpha=al[i] - be_i)
         return r
 
+    ro = [1.0 / y.dot(s) for s, y in pairs]
+    dirs, stps = [y for _, y in pairs], [s for s, _ in pairs]
+
+    def lean(g):  # the single-run optimizer's recursion
+        return LeanLBFGS._two_loop(None, g, dirs, stps, ro, H, [None] * history)
+
     reference = torch.stack([two_loop(row) for row in g])
     reps = 10
     t_torch = best_time(lambda: [[two_loop(row) for row in g] for _ in range(reps)], 3) / reps
+    t_lean = best_time(lambda: [[lean(row) for row in g] for _ in range(reps)], 3) / reps
     t_mine = best_time(lambda: [add(*pairs[-1]) for _ in range(reps)], 3) / reps
     return {"n": n, "history": history, "models": models, "two_loops_us": round(t_torch * 1e6),
+            "lean_two_loops_us": round(t_lean * 1e6), "lean_equal": torch.equal(torch.stack([lean(row) for row in g]), reference),
             "batched_with_pair_update_us": round(t_mine * 1e6), "speedup": round(t_torch / t_mine, 1),
             "relative_difference": float((mine - reference).norm() / reference.norm())}
 

@@ -13,6 +13,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, 
 
 from kan_lightning.data.normalization import denormalize_y
 from kan_lightning.lit.closure import ReevaluatingClosure, reevaluation_is_lean
+from kan_lightning.lit.lean_lbfgs import lean_optimizer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -206,7 +207,8 @@ class KANRegressor(L.LightningModule):
     # -- optimization -----------------------------------------------------------------------
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        # torch's LBFGS with a leaner direction computation, the same iterates (lit.lean_lbfgs)
+        optimizer = lean_optimizer(self.optimizer_factory(self.parameters()))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": self.scheduler_interval}
