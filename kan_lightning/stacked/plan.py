@@ -128,6 +128,8 @@ def why_not_stackable(cfg: Mapping[str, Any]) -> str | None:
     if extension and extension.get("grid_margin_range"):
         # measured: stacked results then differ from separate runs by ~3e-5 relative (cause open)
         return f"callbacks.grid_extension.grid_margin_range={extension.get('grid_margin_range')!r} (stacked: 0)"
+    if extension and extension.get("polish_iterations"):
+        return f"callbacks.grid_extension.polish_iterations={extension.get('polish_iterations')!r} (stacked: 0)"
     checkpoint = callbacks.get("model_checkpoint")
     if checkpoint:
         if checkpoint.get("monitor") not in MONITORED or checkpoint.get("mode", "min") not in ("min", "max"):
