@@ -126,4 +126,6 @@ def test_grid_extension_options_that_cannot_stack_are_named():
     assert "callbacks.grid_extension.patience=2" in why_not_stackable(patience)
     ranged = {**base, "data": data, "callbacks": {"grid_extension": {**extension, "grid_margin_range": 0.04}}}
     assert why_not_stackable(ranged) is None
+    polished = {**base, "data": data, "callbacks": {"grid_extension": {**extension, "polish_iterations": 10}}}
+    assert "callbacks.grid_extension.polish_iterations=10" in why_not_stackable(polished)
     assert "check_val_every_n_epoch" in why_not_stackable({**base, "trainer": {"max_epochs": 3, "check_val_every_n_epoch": 0}})

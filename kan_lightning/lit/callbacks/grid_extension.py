@@ -14,6 +14,7 @@ from .common import integer, nonnegative
 from .common import fit_inputs as _fit_inputs
 from .common import network as _network
 from .common import rebuild_optimizers as _rebuild
+from .polish import polish
 
 EVAL_SPLITS = ("train", "val", "test")
 
@@ -82,6 +83,8 @@ class GridExtension(L.Callback):
             switches and grid updates (:func:`~kan_lightning.nn.refit.penalized_fit_coefficients`:
             coefficients with little data under them follow their neighbours instead of a ridge
             toward 0); 0: the plain least-squares refit.
+        polish_iterations, polish_smoothness: Levenberg-Marquardt iterations at the end of every
+            stage, before it is evaluated, and its penalty weight (:func:`.polish.polish`); 0: none.
     """
 
     def __init__(
@@ -104,6 +107,8 @@ class GridExtension(L.Callback):
         stage_grid_update_every: int = 5,
         refit_smoothness: float = 0.0,
         grid_margin_range: float = 0.0,
+        polish_iterations: int = 0,
+        polish_smoothness: float = 0.0,
     ) -> None:
         grids = [int(g) for g in grids]
         if not grids or any(g < 1 for g in grids):
@@ -143,17 +148,13 @@ class GridExtension(L.Callback):
         self.stage = 0
         self.history: list[dict] = []
         self.stages: list[dict] = []
-        self._warned_no_data = False
-        self._fit_start: float | None = None
-        self._best = math.inf
-        self._wait = 0
-        self._pending = False
+        self._warned_no_data, self._fit_start = False, None
+        self._best, self._wait, self._pending = math.inf, 0, False
         # keep_best: the stage record and a copy of the network's state of the best stage so far
-        self.delivered: dict | None = None
-        self._best_state: dict | None = None
-        self._best_widths: list[int] | None = None
+        self.delivered = self._best_state = self._best_widths = None
         self.stage_grid_updates = integer("stage_grid_updates", stage_grid_updates, 0)
         self.stage_grid_update_every = integer("stage_grid_update_every", stage_grid_update_every, 1)
+        self.polishing = (integer("polish_iterations", polish_iterations, 0), nonnegative("polish_smoothness", polish_smoothness))
         self.refit_smoothness = nonnegative("refit_smoothness", refit_smoothness)
         self.grid_margin_range = nonnegative("grid_margin_range", grid_margin_range)
 
@@ -343,6 +344,7 @@ class GridExtension(L.Callback):
         and step). Called on every rank at the same point: rank 0 computes, then broadcasts."""
         if self.stages and self.stages[-1]["stage"] == self.stage and self.stages[-1]["step"] == trainer.global_step:
             return None
+        polish(trainer, pl_module, *self.polishing)  # (iterations, penalty weight; 0: none)
         record = self._evaluate(trainer, pl_module) if trainer.is_global_zero else None
         if trainer.world_size > 1:
             record = trainer.strategy.broadcast(record, src=0)
