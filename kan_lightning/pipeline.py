@@ -115,6 +115,19 @@ def callback_reports(named_callbacks: dict[str, Any]) -> dict[str, Any]:
     return {name: cb.report() for name, cb in named_callbacks.items() if callable(getattr(cb, "report", None))}
 
 
+def delivered_metrics(metrics: dict[str, float], named_callbacks: dict[str, Any]) -> dict[str, float]:
+    """``metrics`` (the trainer's last logged values) with the figures of a network a callback
+    restored at the end of fit (``GridExtension(keep_best=True)``'s ``delivered_metrics``) in
+    place of every logged entry of the splits it measured (``train/objective`` too: it was the
+    last stage's)."""
+    for callback in named_callbacks.values():
+        measured = getattr(callback, "delivered_metrics", None)
+        if measured:
+            replaced = {key.split("/")[0] for key in measured if key.split("/")[0] in ("train", "val")}
+            metrics = {k: v for k, v in metrics.items() if k.split("/")[0] not in replaced} | dict(measured)
+    return metrics
+
+
 def best_checkpoint(trainer: L.Trainer) -> dict[str, Any] | None:
     """The checkpoint callback's best so far: ``monitor``, ``value``, ``path`` (or ``None``)."""
     checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)

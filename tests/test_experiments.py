@@ -35,6 +35,8 @@ from kan_lightning.data import SyntheticFunctionDataModule
 from kan_lightning.lit import GridExtension, KANRegressor
 from kan_lightning.nn import KAN
 from kan_lightning.config_checks import data_widths
+from kan_lightning.pipeline import delivered_metrics
+from kan_lightning.run_records import scalars
 from kan_lightning.commands.train import train
 from conftest import ddp_and_single_runs
 
@@ -172,6 +174,16 @@ def test_keep_best_delivers_the_best_validation_stage(tmp_path):
     if delivered["grid"] == 5:  # the stage-5 network seen at the switch to 8, parameter for parameter
         for (name, a), b in zip(module.model.state_dict().items(), snapshot.models[4].state_dict().values()):
             assert torch.equal(a, b), name
+    # the run record's train/val figures are the delivered network's, not the last logged stage's
+    logged = scalars(trainer.callback_metrics)
+    assert logged["grid/size"] == 8 and logged["train/rmse"] != pytest.approx(_direct_rmse(module.model, data, "train"), rel=1e-3)
+    metrics = delivered_metrics(logged, {"grid_extension": extension})
+    for split in ("train", "val"):
+        assert metrics[f"{split}/rmse"] == pytest.approx(_direct_rmse(module.model, data, split), rel=1e-9)
+        assert metrics[f"{split}/mse"] == pytest.approx(metrics[f"{split}/rmse"] ** 2, rel=1e-9)
+        assert {f"{split}/loss", f"{split}/mae", f"{split}/r2"} <= set(metrics)
+    assert metrics["grid/size"] == delivered["grid"]
+    assert not {k for k in metrics if k.startswith("train/objective") or k.endswith(("_step", "_epoch"))}
     # trainer.test after fit tests the delivered network, and the optimizer holds its parameters
     (result,) = trainer.test(module, datamodule=data, verbose=False)
     assert result["test/rmse"] == pytest.approx(delivered["test/rmse"], rel=1e-6)

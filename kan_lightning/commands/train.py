@@ -83,7 +83,7 @@ def _run(cfg: DictConfig, output_dir: Path, state: dict[str, Any]) -> dict[str, 
         if cfg.get("train", True):
             resumed_from = pipeline.resume_path(cfg, module, output_dir)
             trainer.fit(module, datamodule=datamodule, ckpt_path=resumed_from, weights_only=True)
-        metrics = scalars(trainer.callback_metrics)
+        metrics = pipeline.delivered_metrics(scalars(trainer.callback_metrics), named_callbacks)
         best = pipeline.best_checkpoint(trainer)
         test_ckpt = None
         if cfg.get("test", True):

@@ -63,6 +63,26 @@ def regression_metrics(prefix: str | None = None) -> MetricCollection:
     )
 
 
+@torch.no_grad()
+def measure_network(
+    model: nn.Module, x: Tensor, y: Tensor, stage: str, denormalize: Callable[[Tensor], Tensor], batch_size: int = 65536
+) -> dict[str, float]:
+    """``<stage>/loss`` (MSE on the scaled targets) and ``<stage>/mse, rmse, mae, r2`` (in the
+    targets' units) of ``model`` on the whole of ``(x, y)`` (datamodule units), named as the epoch
+    logs name them: the figures of a network other than the one last logged (the grid stage
+    ``GridExtension`` delivers)."""
+    param = next(model.parameters())
+    metrics = regression_metrics(stage).to(param.device).set_dtype(torch.float64)
+    squared, count = 0.0, 0
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        xb, yb = xb.to(device=param.device, dtype=param.dtype), yb.to(device=param.device, dtype=param.dtype)
+        pred = model(xb)
+        squared += float((pred.double() - yb.double()).square().sum())
+        count += yb.numel()
+        metrics.update(denormalize(pred).double(), denormalize(yb).double())
+    return {f"{stage}/loss": squared / count, **{k: float(v) for k, v in metrics.compute().items()}}
+
+
 class KANRegressor(L.LightningModule):
     """Regression with a KAN (or the MLP baseline).
 

@@ -41,6 +41,7 @@ from torch.func import functional_call
 from kan_lightning.config_checks import instantiate_node
 from kan_lightning.lit.safety import TrainingInterrupted, raise_on_sigterm
 from kan_lightning.nn.stacked import StackedKAN, stack_key
+from kan_lightning.pipeline import delivered_metrics
 from kan_lightning.stacked.best import BestWeights
 from kan_lightning.stacked.grid_extension import StackedGridExtension, grid_size
 from kan_lightning.stacked.jobs import Job, RunAlone, TrainingDivergedAt, claimed, job_context, job_log, log, prepare, write_interrupted
@@ -259,6 +260,7 @@ def _fit_and_test(jobs: list[Job]) -> None:
     if extension:
         extension.set_time(max_epochs if bool(alive.all()) else epoch + 1, step, last)
         delivered = extension.finish(stack, alive.tolist())
+        last = [delivered_metrics(last[m], {"grid_extension": extension.callbacks[m]}) for m in range(n_models)]
     outcome = Outcome(
         final=final, delivered=delivered, best=[best.model(stack, m) for m in range(n_models)], best_epoch=best_epoch,
         best_step=best_step, best_value=best_value.tolist(), last=last, monitor=monitor, step=step,

@@ -15,6 +15,7 @@ from .common import fit_inputs as _fit_inputs
 from .common import network as _network
 from .common import rebuild_optimizers as _rebuild
 from .polish import polish
+from ..module import measure_network
 
 EVAL_SPLITS = ("train", "val", "test")
 
@@ -152,6 +153,9 @@ class GridExtension(L.Callback):
         self._best, self._wait, self._pending = math.inf, 0, False
         # keep_best: the stage record and a copy of the network's state of the best stage so far
         self.delivered = self._best_state = self._best_widths = None
+        # the train/val figures of the network restored at the end of fit, in place of the last
+        # stage's logged ones (see delivered_metrics)
+        self.delivered_metrics: dict[str, float] = {}
         self.stage_grid_updates = integer("stage_grid_updates", stage_grid_updates, 0)
         self.stage_grid_update_every = integer("stage_grid_update_every", stage_grid_update_every, 1)
         self.polishing = (integer("polish_iterations", polish_iterations, 0), nonnegative("polish_smoothness", polish_smoothness))
@@ -164,6 +168,7 @@ class GridExtension(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.monotonic()
+        self.delivered_metrics = {}
         model = _network(pl_module)
         if not hasattr(model, "extend_grid"):
             raise TypeError(f"GridExtension needs a model with extend_grid (a KAN), got {type(model).__name__}")
@@ -294,11 +299,26 @@ class GridExtension(L.Callback):
         if isinstance(getattr(model, "config", None), dict) and "grid_size" in model.config:
             model.config["grid_size"] = model.grid_size
         _rebuild(pl_module)  # the optimizers held the last stage's parameters
+        self.delivered_metrics = self._measure_delivered(trainer, pl_module)
         rank_zero_info(
             f"GridExtension: delivering stage {self.delivered['stage']} (grid {self.delivered['grid']}, "
             f"val RMSE {self.delivered['val/rmse']:.4g}); the last stage had val RMSE "
             f"{(last or {}).get('val/rmse', math.nan):.4g}"
         )
+
+    def _measure_delivered(self, trainer, pl_module) -> dict[str, float]:
+        """The restored network's ``train/*`` and ``val/*`` epoch metrics and ``grid/size``: the
+        trainer's last logged ones are the last stage's, and the run record must not pair them
+        with the delivered network's test figures."""
+        model = _network(pl_module)
+        measured = {"grid/size": float(model.grid_size)}
+        datamodule = getattr(trainer, "datamodule", None)
+        denormalize = getattr(pl_module, "denormalize", None) or (lambda t: t)
+        for split in ("train", "val"):
+            x, y = getattr(datamodule, f"x_{split}", None), getattr(datamodule, f"y_{split}", None)
+            if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+                measured.update(measure_network(model, x, y, split, denormalize))
+        return measured
 
     # -- stage evaluation -------------------------------------------------------------------
 
