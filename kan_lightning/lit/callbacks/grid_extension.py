@@ -14,8 +14,8 @@ from .common import integer, nonnegative
 from .common import fit_inputs as _fit_inputs
 from .common import network as _network
 from .common import rebuild_optimizers as _rebuild
+from .best_stage import BestStage
 from .polish import polish
-from ..module import measure_network
 
 EVAL_SPLITS = ("train", "val", "test")
 
@@ -151,11 +151,7 @@ class GridExtension(L.Callback):
         self.stages: list[dict] = []
         self._warned_no_data, self._fit_start = False, None
         self._best, self._wait, self._pending = math.inf, 0, False
-        # keep_best: the stage record and a copy of the network's state of the best stage so far
-        self.delivered = self._best_state = self._best_widths = None
-        # the train/val figures of the network restored at the end of fit, in place of the last
-        # stage's logged ones (see delivered_metrics)
-        self.delivered_metrics: dict[str, float] = {}
+        self.best_stage = BestStage()  # keep_best's choice
         self.stage_grid_updates = integer("stage_grid_updates", stage_grid_updates, 0)
         self.stage_grid_update_every = integer("stage_grid_update_every", stage_grid_update_every, 1)
         self.polishing = (integer("polish_iterations", polish_iterations, 0), nonnegative("polish_smoothness", polish_smoothness))
@@ -168,7 +164,7 @@ class GridExtension(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._fit_start = time.monotonic()
-        self.delivered_metrics = {}
+        self.best_stage.measured = {}
         model = _network(pl_module)
         if not hasattr(model, "extend_grid"):
             raise TypeError(f"GridExtension needs a model with extend_grid (a KAN), got {type(model).__name__}")
@@ -269,56 +265,18 @@ class GridExtension(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.record_stage(trainer, pl_module)
         if self.keep_best:
-            self.restore_best(trainer, pl_module)
+            self.best_stage.restore(trainer, pl_module, self.stages[-1] if self.stages else None)
 
-    # -- best stage -------------------------------------------------------------------------
+    @property
+    def delivered(self) -> dict | None:
+        """The record of the stage delivered (keep_best: the lowest validation RMSE)."""
+        return self.best_stage.record
 
-    def _keep_if_best(self, pl_module, record: dict) -> None:
-        value = record.get("val/rmse")
-        if value is None or not math.isfinite(value):
-            return
-        model = _network(pl_module)
-        widths = list(getattr(model, "layers_hidden", []))
-        # a network pruned since the best stage cannot take its state back: only the stages of
-        # the current widths compete
-        if self.delivered is None or widths != self._best_widths or value < self.delivered["val/rmse"]:
-            self.delivered, self._best_widths = dict(record), widths
-            state = model.state_dict()
-            self._best_state = {k: v.detach().clone() for k, v in state.items()}
-
-    def restore_best(self, trainer, pl_module) -> None:
-        """Load the best stage's network (its grids too) unless the current one is it."""
-        if self.delivered is None or self._best_state is None:
-            rank_zero_info("GridExtension: keep_best found no finite validation RMSE; delivering the last stage")
-            return
-        last = self.stages[-1] if self.stages else None
-        if last is not None and last["stage"] == self.delivered["stage"] and last["step"] == self.delivered["step"]:
-            return
-        model = _network(pl_module)
-        model.load_state_dict(self._best_state)
-        if isinstance(getattr(model, "config", None), dict) and "grid_size" in model.config:
-            model.config["grid_size"] = model.grid_size
-        _rebuild(pl_module)  # the optimizers held the last stage's parameters
-        self.delivered_metrics = self._measure_delivered(trainer, pl_module)
-        rank_zero_info(
-            f"GridExtension: delivering stage {self.delivered['stage']} (grid {self.delivered['grid']}, "
-            f"val RMSE {self.delivered['val/rmse']:.4g}); the last stage had val RMSE "
-            f"{(last or {}).get('val/rmse', math.nan):.4g}"
-        )
-
-    def _measure_delivered(self, trainer, pl_module) -> dict[str, float]:
-        """The restored network's ``train/*`` and ``val/*`` epoch metrics and ``grid/size``: the
-        trainer's last logged ones are the last stage's, and the run record must not pair them
-        with the delivered network's test figures."""
-        model = _network(pl_module)
-        measured = {"grid/size": float(model.grid_size)}
-        datamodule = getattr(trainer, "datamodule", None)
-        denormalize = getattr(pl_module, "denormalize", None) or (lambda t: t)
-        for split in ("train", "val"):
-            x, y = getattr(datamodule, f"x_{split}", None), getattr(datamodule, f"y_{split}", None)
-            if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
-                measured.update(measure_network(model, x, y, split, denormalize))
-        return measured
+    @property
+    def delivered_metrics(self) -> dict[str, float]:
+        """The delivered network's ``train/*``, ``val/*`` and ``grid/size`` where it is not the
+        last stage's (for the run record, in place of the last logged values)."""
+        return self.best_stage.measured
 
     # -- stage evaluation -------------------------------------------------------------------
 
@@ -371,7 +329,7 @@ class GridExtension(L.Callback):
         record = {"stage": self.stage, **record}
         self.stages.append(record)
         if self.keep_best:
-            self._keep_if_best(pl_module, record)
+            self.best_stage.consider(pl_module, record)
         if trainer.is_global_zero:
             metrics = {f"grid_stage/{k.replace('/', '_')}": float(v) for k, v in record.items() if k.endswith("/rmse")}
             metrics["grid_stage/num_parameters"] = float(record["num_parameters"])
@@ -401,9 +359,7 @@ class GridExtension(L.Callback):
             "wait": self._wait,
             "pending": self._pending,
             "at_epochs": self.at_epochs,
-            "delivered": self.delivered,
-            "best_state": self._best_state,
-            "best_widths": self._best_widths,
+            **self.best_stage.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -413,8 +369,6 @@ class GridExtension(L.Callback):
         self._best = state_dict.get("best", math.inf)
         self._wait = state_dict.get("wait", 0)
         self._pending = state_dict.get("pending", False)
-        self.delivered = state_dict.get("delivered")
-        self._best_state = state_dict.get("best_state")
-        self._best_widths = state_dict.get("best_widths")
+        self.best_stage.load_state_dict(state_dict)
         if self.at_epochs is None and self.at_steps is None and self.patience is None:
             self.at_epochs = state_dict.get("at_epochs")
