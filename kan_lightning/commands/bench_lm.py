@@ -6,7 +6,7 @@ For each KAN ``WIDTH@G`` (float64, ``--points`` random inputs in ``[-1, 1]^d``, 
 :func:`~kan_lightning.nn.levenberg_marquardt.levenberg_marquardt` against
 :func:`reference_levenberg_marquardt` (dense ``J^T J``, LU, the dense penalty matrix) from the
 same network, alternating, ``--repeats`` times: the medians of the seconds per iteration, of the
-per-repeat ratios, and the relative difference of the networks' outputs afterwards (rounding: the
+per-repeat ratios (after one untimed iteration of each), and the relative difference of the networks' outputs afterwards (rounding: the
 Hessian is singular along each edge's scaler / coefficient trade-off, which only the damping fixes).
 
     python -m kan_lightning.commands.bench_lm
@@ -90,6 +90,8 @@ def problem(width: list[int], grid: int, points: int) -> tuple[nn.Module, Tensor
 def compare(width: list[int], grid: int, smoothness: float, points: int, iterations: int, repeats: int) -> dict:
     model, x, y = problem(width, grid, points)
     times, outputs = {"reference": [], "structured": []}, {}
+    for fit in (reference_levenberg_marquardt, levenberg_marquardt):  # warm-up: the allocator's first large blocks
+        fit(copy.deepcopy(model), x, y, 1, smoothness=smoothness)
     for _ in range(repeats):
         for name, fit in (("reference", reference_levenberg_marquardt), ("structured", levenberg_marquardt)):
             net = copy.deepcopy(model)

@@ -72,22 +72,27 @@ def grouped_jacobian(model: nn.Module, x: Tensor) -> GroupedJacobian:
     for name, p in model.named_parameters():
         offsets[name] = at
         at += p.numel()
-    dense, dense_index, spline, spline_index, groups = [], [], [], [], []
-    spline_at = sum(2 * layer.out_features * layer.in_features for layer in model.layers)
+    terms = layer_terms(model, x)
+    n_dense = sum(2 * layer.out_features * layer.in_features for layer in model.layers)
+    matrix = x.new_empty(x.shape[0], at)  # each block is written in place: no concatenation
+    dense_at, spline_at, dense_index, spline_index, groups = 0, n_dense, [], [], []
     with torch.no_grad():
-        for li, (layer, xi, g) in enumerate(layer_terms(model, x)):
+        for li, (layer, xi, g) in enumerate(terms):
             n_out, n_in = layer.out_features, layer.in_features
             bases = layer.spline_bases(xi)  # (N, in, M)
             n_bases, k = bases.shape[-1], layer.spline_order
             mask = layer.mask
-            dense.append((g[:, :, None] * layer.base_activation(xi)[:, None, :] * mask).flatten(1))
+            edges = n_out * n_in
+            base = matrix[:, dense_at:dense_at + edges].view(-1, n_out, n_in)
+            torch.mul(g[:, :, None] * layer.base_activation(xi)[:, None, :], mask, out=base)
             splines = torch.einsum("nim,oim->noi", bases, layer.spline_weight)
-            dense.append((g[:, :, None] * splines * mask).flatten(1))
+            torch.mul(g[:, :, None] * splines, mask, out=matrix[:, dense_at + edges:dense_at + 2 * edges].view(-1, n_out, n_in))
             for name in ("base_weight", "spline_scaler"):
-                dense_index.append(offsets[f"layers.{li}.{name}"] + torch.arange(n_out * n_in, device=x.device))
+                dense_index.append(offsets[f"layers.{li}.{name}"] + torch.arange(edges, device=x.device))
+            dense_at += 2 * edges
             scale = (layer.spline_scaler * mask).T  # (in, out)
-            columns = g[:, None, None, :] * scale[None, :, None, :] * bases[..., None]  # (N, in, M, out)
-            spline.append(columns.flatten(1))
+            columns = matrix[:, spline_at:spline_at + edges * n_bases].view(-1, n_in, n_bases, n_out)
+            torch.mul(g[:, None, None, :] * scale[None, :, None, :], bases[..., None], out=columns)
             o, i, m = torch.meshgrid(*(torch.arange(n, device=x.device) for n in (n_out, n_in, n_bases)), indexing="ij")
             spline_index.append((offsets[f"layers.{li}.spline_weight"] + (o * n_in + i) * n_bases + m).permute(1, 2, 0).reshape(-1))
             # a window of k + 1 bases from the first non-zero one holds all of a sample's non-zero ones
@@ -95,10 +100,9 @@ def grouped_jacobian(model: nn.Module, x: Tensor) -> GroupedJacobian:
             window = first[..., None] + torch.arange(k + 1, device=x.device)
             local = g[:, None, None, :] * scale[None, :, None, :] * bases.gather(2, window)[..., None]  # (N, in, k + 1, out)
             for i in range(n_in):
-                groups.append(SplineGroup(spline_at + i * n_out * n_bases, n_out, n_bases, k, first[:, i], local[:, i]))
-            spline_at += n_in * n_out * n_bases
-        matrix = torch.cat(dense + spline, 1)
-    return GroupedJacobian(matrix, torch.cat(dense_index + spline_index), groups, sum(d.shape[1] for d in dense))
+                groups.append(SplineGroup(spline_at + i * n_bases * n_out, n_out, n_bases, k, first[:, i], local[:, i]))
+            spline_at += edges * n_bases
+    return GroupedJacobian(matrix, torch.cat(dense_index + spline_index), groups, n_dense)
 
 
 def _group_rows(gram_rows: Tensor, jac: Tensor, group: SplineGroup) -> None:
