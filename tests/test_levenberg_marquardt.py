@@ -1,5 +1,6 @@
-"""Levenberg-Marquardt on a KAN: the chain-rule Jacobian against autograd, the fit, and the
-GridExtension option under a real Lightning trainer."""
+"""Levenberg-Marquardt on a KAN: the chain-rule Jacobian against autograd, the structured
+``J^T J`` against the dense product, the iterates against the dense implementation, the fit, and
+the GridExtension option under a real Lightning trainer."""
 
 import lightning as L
 import pytest
@@ -8,15 +9,17 @@ from torch.func import functional_call, jacrev
 
 from kan_lightning.data.datamodule import SyntheticFunctionDataModule
 from kan_lightning.lit import KANRegressor
+from kan_lightning.commands.bench_lm import reference_levenberg_marquardt
 from kan_lightning.lit.callbacks import GridExtension
 from kan_lightning.nn import KAN
+from kan_lightning.nn.gauss_newton import gram, grouped_jacobian
 from kan_lightning.nn.levenberg_marquardt import jacobian, levenberg_marquardt, penalty_matrix
 from kan_lightning.nn.refit import difference_matrix
 
 
-def _net(extrapolate="bases"):
+def _net(extrapolate="bases", grid_size=5):
     torch.manual_seed(0)
-    model = KAN([2, 3, 1], grid_size=5, extrapolate=extrapolate).double()
+    model = KAN([2, 3, 1], grid_size=grid_size, extrapolate=extrapolate).double()
     with torch.no_grad():
         for layer in model.layers:  # non-trivial scalers and a switched-off edge
             layer.spline_scaler.uniform_(0.5, 1.5)
@@ -37,6 +40,38 @@ def test_jacobian_matches_autograd(extrapolate):
     ref = torch.cat([ref[n].reshape(x.shape[0], -1) for n in params], 1)
     assert expected.shape == (40, sum(p.numel() for p in model.parameters()))
     torch.testing.assert_close(expected, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("extrapolate", ["bases", "linear"])
+def test_gram_is_the_dense_product(extrapolate):
+    model = _net(extrapolate, grid_size=13)
+    x = torch.rand(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2.4 - 1.2
+    dense = jacobian(model, x)
+    grouped = grouped_jacobian(model, x)
+    assert torch.equal(grouped.matrix, dense[:, grouped.order])
+    assert torch.equal(grouped.order.sort().values, torch.arange(dense.shape[1]))
+    expected = (dense.T @ dense)[grouped.order][:, grouped.order]
+    torch.testing.assert_close(gram(grouped), expected, rtol=0, atol=1e-13 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("grid_size", [5, 13])
+@pytest.mark.parametrize("smoothness", [0.0, 1e-3])
+@pytest.mark.parametrize("extrapolate", ["bases", "linear"])
+def test_levenberg_marquardt_follows_the_dense_reference(extrapolate, smoothness, grid_size):
+    # a switched-off edge, inputs past the grid; the same damping sequence and iterates up to
+    # rounding (measured <= 1e-9 relative: the Hessian is singular along each edge's scaler /
+    # coefficient trade-off, where only the damping fixes the step)
+    x = torch.rand(300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2.4 - 1.2
+    y = torch.exp(torch.sin(torch.pi * x[:, :1]) + x[:, 1:2] ** 2)
+    fits = []
+    for fit in (reference_levenberg_marquardt, levenberg_marquardt):
+        model = _net(extrapolate, grid_size)
+        out = fit(model, x, y, 5, smoothness=smoothness)
+        fits.append((torch.cat([p.detach().reshape(-1) for p in model.parameters()]), out))
+    (ref, ref_out), (new, new_out) = fits
+    assert new_out["iterations"] == ref_out["iterations"] == 5 and new_out["damping"] == ref_out["damping"]
+    assert float((new - ref).norm() / ref.norm()) < 1e-8
+    assert new_out["rmse_after"] == pytest.approx(ref_out["rmse_after"], rel=1e-8)
 
 
 def test_levenberg_marquardt_recovers_a_perturbed_network():

@@ -3,7 +3,8 @@
 On the grid-extension toy, full-batch LBFGS stalls far above what the network can fit (KAN
 [2, 5, 1], G = 50: training RMSE 5.5e-5 after 200 steps; 200 iterations of this from the same
 network: 7.9e-8). The Jacobian is ``(N, P)``, so this is for networks of a few thousand
-parameters at most.
+parameters at most. Each iteration forms ``J^T J`` from the Jacobian's sparsity
+(:mod:`.gauss_newton`) and solves by Cholesky.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .gauss_newton import GroupedJacobian, gram, grouped_jacobian
 from .refit import difference_matrix
 
 
@@ -23,32 +25,22 @@ def jacobian(model: nn.Module, x: Tensor) -> Tensor:
     derivatives: ``base_activation(x_i)`` for ``base_weight``, the unscaled spline for
     ``spline_scaler``, and ``spline_scaler * B_m(x_i)`` for ``spline_weight``.
     """
-    layers = list(model.layers)
-    if layers[-1].out_features != 1:
-        raise ValueError(f"jacobian needs a single-output KAN, got {layers[-1].out_features} outputs")
-    known = {"base_weight", "spline_weight", "spline_scaler"}
-    for layer in layers:
-        names = {n for n, _ in layer.named_parameters()}
-        if names != known:
-            raise ValueError(f"jacobian knows KANLayer's parameters {sorted(known)}, got {sorted(names)}")
-    inputs, outputs, h = [], [], x
-    with torch.enable_grad():
-        for layer in layers:
-            inputs.append(h.detach())
-            h = layer(h)
-            outputs.append(h)
-        grads = torch.autograd.grad(h.sum(), outputs)
-    blocks = {}
-    with torch.no_grad():
-        for i, (layer, xi, g) in enumerate(zip(layers, inputs, grads)):
-            bases = layer.spline_bases(xi)  # (N, in, M)
-            mask = layer.mask
-            blocks[f"layers.{i}.base_weight"] = g[:, :, None] * layer.base_activation(xi)[:, None, :] * mask
-            splines = torch.einsum("nim,oim->noi", bases, layer.spline_weight)
-            blocks[f"layers.{i}.spline_scaler"] = g[:, :, None] * splines * mask
-            scale = (layer.spline_scaler * mask)[None, :, :, None]
-            blocks[f"layers.{i}.spline_weight"] = g[:, :, None, None] * scale * bases[:, None]
-        return torch.cat([blocks[n].reshape(x.shape[0], -1) for n, _ in model.named_parameters()], 1)
+    grouped = grouped_jacobian(model, x)
+    out = torch.empty_like(grouped.matrix)
+    out[:, grouped.order] = grouped.matrix
+    return out
+
+
+def _penalty_weights(model: nn.Module, x: Tensor, smoothness: float) -> list[tuple[Tensor, Tensor]]:
+    """Per layer: ``lam_i`` ``(in,)`` and the difference matrix ``D`` of :func:`penalty_matrix`."""
+    out, h = [], x
+    for layer in model.layers:
+        bases = layer.spline_bases(h)  # (N, in, M)
+        n_bases = bases.shape[-1]
+        d = difference_matrix(n_bases, min(layer.spline_order + 1, n_bases - 1), dtype=x.dtype, device=x.device)
+        out.append((smoothness * bases.square().sum(dim=(0, 2)) / n_bases, d))
+        h = layer(h)
+    return out
 
 
 def penalty_matrix(model: nn.Module, x: Tensor, smoothness: float) -> Tensor:
@@ -57,20 +49,59 @@ def penalty_matrix(model: nn.Module, x: Tensor, smoothness: float) -> Tensor:
     ``x``: the weights of :func:`~kan_lightning.nn.refit.penalized_fit_coefficients`), ``(R, P)``
     in ``model.parameters()`` order: coefficients with no data under them stay on the polynomial
     of their neighbours instead of taking any value that fits the training points."""
-    blocks, h = [], x
-    for i, layer in enumerate(model.layers):
-        bases = layer.spline_bases(h)  # (N, in, M)
-        n_bases = bases.shape[-1]
-        d = difference_matrix(n_bases, min(layer.spline_order + 1, n_bases - 1), dtype=x.dtype, device=x.device)
-        lam = smoothness * bases.square().sum(dim=(0, 2)) / n_bases  # (in,)
+    blocks = []
+    for i, (layer, (lam, d)) in enumerate(zip(model.layers, _penalty_weights(model, x, smoothness))):
         per_edge = lam.sqrt().repeat(layer.out_features)  # edges in (out, in) order
         blocks.append((f"layers.{i}.spline_weight", torch.block_diag(*(w * d for w in per_edge))))
-        h = layer(h)
     out = []
     for name, block in blocks:  # each block's rows are zero outside its own parameter's columns
         row = [block if n == name else x.new_zeros(block.shape[0], p.numel()) for n, p in model.named_parameters()]
         out.append(torch.cat(row, 1))
     return torch.cat(out, 0)
+
+
+class _GroupedPenalty:
+    """:func:`penalty_matrix`'s ``||pen theta||^2`` per spline group of a :class:`GroupedJacobian`
+    (``lam_i * ||D c||^2`` for each of input ``i``'s edges), its gradient and Hessian blocks,
+    without the dense ``(R, P)`` matrix."""
+
+    def __init__(self, model: nn.Module, x: Tensor, smoothness: float, grouped: GroupedJacobian) -> None:
+        self.order = grouped.order
+        self.terms = []  # (columns, out, lam_i, D, D^T D) per group, in the groups' order
+        groups = iter(grouped.groups)
+        for layer, (lam, d) in zip(model.layers, _penalty_weights(model, x, smoothness)):
+            for i in range(layer.in_features):
+                group = next(groups)
+                columns = slice(group.start, group.start + group.n_bases * group.out)
+                self.terms.append((columns, group.out, lam[i], d, d.T @ d))
+
+    def value(self, theta: Tensor) -> Tensor:
+        theta = theta[self.order]
+        return sum(lam * (d @ theta[c].view(-1, n)).square().sum() for c, n, lam, d, _ in self.terms)
+
+    def add_to(self, hessian: Tensor, grad: Tensor, theta: Tensor) -> None:
+        """``H += pen^T pen``, ``g += pen^T pen theta`` in the grouped order (basis-major groups)."""
+        theta = theta[self.order]
+        for c, n, lam, _, dtd in self.terms:
+            grad[c] += lam * (dtd @ theta[c].view(-1, n)).reshape(-1)
+            m = dtd.shape[0]
+            hessian[c, c].view(m, n, m, n).diagonal(dim1=1, dim2=3).add_(lam * dtd[..., None])
+
+
+def _solve_damped(h: Tensor, diagonal: Tensor, rhs: Tensor, factor: Tensor) -> Tensor:
+    """``h^-1 rhs`` for a symmetric ``h`` whose diagonal is set to ``diagonal`` meanwhile (in
+    place: no copy of ``h``): by Cholesky into ``factor``, by LU where Cholesky finds it not
+    positive definite (in rounding)."""
+    undamped = h.diagonal().clone()
+    h.diagonal().copy_(diagonal)
+    try:
+        factor, info = torch.linalg.cholesky_ex(h, out=(factor, rhs.new_empty((), dtype=torch.int32)))
+        if int(info) == 0:
+            half = torch.linalg.solve_triangular(factor, rhs[:, None], upper=False)
+            return torch.linalg.solve_triangular(factor.mT, half, upper=True)[:, 0]
+        return torch.linalg.solve(h, rhs)
+    finally:
+        h.diagonal().copy_(undamped)
 
 
 @torch.no_grad()
@@ -86,10 +117,10 @@ def levenberg_marquardt(
     params = list(model.parameters())
     sizes = [p.numel() for p in params]
     y = y.reshape(-1).to(params[0])
-    pen = penalty_matrix(model, x, smoothness) if smoothness > 0 else None
+    pen = None
 
     def objective(r: Tensor, theta: Tensor) -> Tensor:
-        return r.square().sum() + (0 if pen is None else (pen @ theta).square().sum())
+        return r.square().sum() + (0 if pen is None else pen.value(theta))
 
     def residual() -> Tensor:
         return model(x).reshape(-1) - y
@@ -102,14 +133,17 @@ def levenberg_marquardt(
     r = residual()
     before, lam, done = float(r.square().mean().sqrt()), float(damping), 0
     for done in range(1, iterations + 1):
-        J = jacobian(model, x)
-        g, H = J.T @ r, J.T @ J
+        jac = grouped_jacobian(model, x)  # columns in jac.order
+        if smoothness > 0 and pen is None:
+            pen = _GroupedPenalty(model, x, smoothness, jac)
+        g, H = jac.matrix.T @ r, gram(jac)
         if pen is not None:
-            g, H = g + pen.T @ (pen @ theta), H + pen.T @ pen
-        scale = torch.diag(H.diagonal().clamp_min(torch.finfo(H.dtype).tiny))
+            pen.add_to(H, g, theta)
+        scale = H.diagonal().clamp_min(torch.finfo(H.dtype).tiny)
+        factor, step = torch.empty_like(H).mT, torch.empty_like(g)  # (LAPACK's column-major layout)
         improved = False
         while lam < 1e10:
-            step = torch.linalg.solve(H + lam * scale, -g)
+            step[jac.order] = _solve_damped(H, H.diagonal() + lam * scale, -g, factor)
             put(theta + step)
             r_new = residual()
             if bool(torch.isfinite(r_new).all()) and objective(r_new, theta + step) < objective(r, theta):
