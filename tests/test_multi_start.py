@@ -19,16 +19,19 @@ def _data():
     return SyntheticFunctionDataModule(function="paper_exp_sin", n_samples=300, split=(0.5, 0.2, 0.3), batch_size="full", seed=3)
 
 
-def _fit(callbacks, zero_start=False, epochs=6):
+def _fit(callbacks, zero_start=False, epochs=6, start=None):
     """A KAN [2, 1, 1] fitted by full-batch LBFGS; ``zero_start``: every parameter 0, a stationary
-    point (the hidden value is 0 everywhere and the output edge has zero slope there)."""
+    point (the hidden value is 0 everywhere and the output edge has zero slope there); ``start``:
+    these parameters."""
     L.seed_everything(1, verbose=False)
     data = _data()
     model = KAN([2, 1, 1], grid_size=3)
-    if zero_start:
-        with torch.no_grad():
-            for p in model.parameters():
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            if zero_start:
                 p.zero_()
+            elif start is not None:
+                p.copy_(start[i])
     module = KANRegressor(model, optimizer=lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe", history_size=20))
     trainer = L.Trainer(
         max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -59,6 +62,15 @@ def test_off_changes_nothing():
     plain, plain_loss = _fit([])
     off, off_loss = _fit([MultiStart(restarts=0)])
     assert _same(plain, off) and plain_loss == off_loss
+
+
+def test_a_winning_own_start_changes_nothing():
+    trained, _ = _fit([])  # a start far better than any fresh draw after 3 steps
+    plain, plain_loss = _fit([], start=trained)
+    multi = MultiStart(restarts=2, steps=3)
+    params, loss = _fit([multi], start=trained)
+    assert multi.report()["chosen"] == 0
+    assert _same(plain, params) and plain_loss == loss
 
 
 def test_stationary_start_is_escaped_and_repeats():
