@@ -46,6 +46,7 @@ ALLOWED_TARGETS = frozenset(
                 "GridExtension",
                 "GridUpdate",
                 "LastCheckpoint",
+                "MultiStart",
                 "Pruning",
                 "RegularizationSchedule",
             )

@@ -83,6 +83,24 @@ def measure_network(
     return {f"{stage}/loss": squared / count, **{k: float(v) for k, v in metrics.compute().items()}}
 
 
+def objective(model: nn.Module, x: Tensor, y: Tensor, regularize: bool = True) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """``(objective, mse, prediction, penalty terms)`` of ``model`` on ``(x, y)``: the MSE plus,
+    with ``regularize``, the model's ``regularization_loss`` when it has one (what training
+    minimizes; :class:`KANRegressor` and the multi-start's candidate fits share it)."""
+    regularize = regularize and hasattr(model, "regularization_loss")
+    if regularize and model.needs_edge_scales:
+        pred, edge_scales = model.forward_with_edge_scales(x)
+    else:
+        pred, edge_scales = model(x), None
+    mse = F.mse_loss(pred, y)
+    loss = mse
+    penalty_terms = {}
+    if regularize:
+        penalty, penalty_terms = model.regularization_loss(edge_scales)
+        loss = mse + penalty
+    return loss, mse, pred, penalty_terms
+
+
 class KANRegressor(L.LightningModule):
     """Regression with a KAN (or the MLP baseline).
 
@@ -175,17 +193,7 @@ class KANRegressor(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int = 0) -> Tensor:
         x, y = batch
-        regularize = stage == "train" and hasattr(self.model, "regularization_loss")
-        if regularize and self.model.needs_edge_scales:
-            pred, edge_scales = self.model.forward_with_edge_scales(x)
-        else:
-            pred, edge_scales = self.model(x), None
-        mse = F.mse_loss(pred, y)
-        loss = mse
-        penalty_terms = {}
-        if regularize:
-            penalty, penalty_terms = self.model.regularization_loss(edge_scales)
-            loss = mse + penalty
+        loss, mse, pred, penalty_terms = objective(self.model, x, y, regularize=stage == "train")
         if stage == "train":
             # LBFGS re-evaluates the closure (up to max_iter times, plus line-search trials) within
             # one optimizer step: log and count only the first evaluation, the loss at the step's

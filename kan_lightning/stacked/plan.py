@@ -5,7 +5,7 @@ its data's function, noise, domain and seed, its paths and names: ``PER_JOB_KEYS
 everything they use is supported stacked: a :class:`~kan_lightning.nn.KAN` without penalties or
 linear extrapolation, an optimizer that updates every parameter element on its own gradient alone
 (Adam, SGD, ...: ``ELEMENTWISE_OPTIMIZERS``) or L-BFGS (one per model), no scheduler, the default
-callbacks and grid extension at fixed epochs or steps, TensorBoard, CSV or no logger, one CPU or GPU, 32- or 64-bit precision, a fresh run. :func:`why_not_stackable` names
+callbacks and grid extension at fixed epochs or steps (no polish, no multi-start), TensorBoard, CSV or no logger, one CPU or GPU, 32- or 64-bit precision, a fresh run. :func:`why_not_stackable` names
 what keeps a job out; such jobs run one by one as usual.
 """
 
@@ -51,6 +51,7 @@ SUPPORTED_CALLBACKS = {
     "grid_update": "kan_lightning.lit.callbacks.GridUpdate",
     "progress_bar": "kan_lightning.logs.progress_bar",
     "grid_extension": "kan_lightning.lit.callbacks.GridExtension",
+    "multi_start": "kan_lightning.lit.callbacks.MultiStart",  # with restarts 0 (it does nothing)
 }
 
 # trainer keys and the values under which the stacked loop does what the Trainer does
@@ -128,6 +129,10 @@ def why_not_stackable(cfg: Mapping[str, Any]) -> str | None:
     if extension and extension.get("polish_iterations"):
         # the Levenberg-Marquardt polish solves one model's normal equations at a time
         return f"callbacks.grid_extension.polish_iterations={extension.get('polish_iterations')!r} (stacked: 0)"
+    restarts = (callbacks.get("multi_start") or {}).get("restarts")
+    if restarts:
+        # the candidates train one model at a time before the fit: the stacked loop has no such phase
+        return f"callbacks.multi_start.restarts={restarts!r} (stacked: 0)"
     checkpoint = callbacks.get("model_checkpoint")
     if checkpoint:
         if checkpoint.get("monitor") not in MONITORED or checkpoint.get("mode", "min") not in ("min", "max"):

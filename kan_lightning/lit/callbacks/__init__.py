@@ -9,6 +9,7 @@ from .grid_extension import GridExtension
 from .grid_update import GridUpdate
 from .history import History
 from .last_checkpoint import LastCheckpoint
+from .multi_start import MultiStart
 from .pruning import Pruning
 from .regularization_schedule import RegularizationSchedule
 
@@ -20,6 +21,7 @@ __all__ = [
     "GridUpdate",
     "History",
     "LastCheckpoint",
+    "MultiStart",
     "Pruning",
     "RegularizationSchedule",
 ]

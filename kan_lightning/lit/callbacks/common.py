@@ -23,6 +23,17 @@ def training_inputs(trainer: L.Trainer, max_samples: int | None) -> torch.Tensor
     return x if max_samples is None else x[:max_samples]
 
 
+def training_set(trainer: L.Trainer, model: torch.nn.Module, user: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The datamodule's whole ``x_train``, ``y_train`` on ``model``'s device and dtype (identical on
+    every DDP rank); ``user`` names what needs them in the error when there are none."""
+    data = getattr(trainer, "datamodule", None)
+    x, y = getattr(data, "x_train", None), getattr(data, "y_train", None)
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise RuntimeError(f"{user} needs a datamodule with x_train and y_train")
+    param = next(model.parameters())
+    return x.to(device=param.device, dtype=param.dtype), y.to(device=param.device, dtype=param.dtype)
+
+
 def fit_inputs(trainer: L.Trainer, batch, max_samples: int | None) -> torch.Tensor:
     """The datamodule's training inputs, or else rank 0's current batch broadcast to every rank
     (either way identical on all DDP ranks, so grids and pruning decisions stay in sync)."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from kan_lightning.nn.levenberg_marquardt import levenberg_marquardt
 
-from .common import network
+from .common import network, training_set
 
 
 def polish(trainer, pl_module, iterations: int, smoothness: float) -> None:
@@ -19,13 +18,8 @@ def polish(trainer, pl_module, iterations: int, smoothness: float) -> None:
     coefficients without data under them do not fit noise. ``iterations`` 0: nothing."""
     if not iterations:
         return
-    datamodule = getattr(trainer, "datamodule", None)
-    x, y = getattr(datamodule, "x_train", None), getattr(datamodule, "y_train", None)
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise RuntimeError("GridExtension polish_iterations needs a datamodule with x_train and y_train")
     model = network(pl_module)
-    param = next(model.parameters())
-    x, y = (t.to(device=param.device, dtype=param.dtype) for t in (x, y))
+    x, y = training_set(trainer, model, "GridExtension polish_iterations")
     out = levenberg_marquardt(model, x, y, iterations, smoothness=smoothness)
     rank_zero_info(
         f"GridExtension: Levenberg-Marquardt at grid {model.grid_size}, {out['iterations']} iterations: "
