@@ -37,7 +37,9 @@ from kan_lightning.nn import KAN
 from kan_lightning.config_checks import data_widths
 from kan_lightning.pipeline import delivered_metrics
 from kan_lightning.run_records import scalars
+from kan_lightning.commands.evaluate import evaluate
 from kan_lightning.commands.train import train
+from kan_lightning.lit.checkpoint import model_from_checkpoint
 from conftest import ddp_and_single_runs
 
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -152,7 +154,8 @@ class SpoilLastStage(L.Callback):
 
 def test_keep_best_delivers_the_best_validation_stage(tmp_path):
     data, module = _toy_lbfgs_run()
-    extension = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], evaluate_splits=["test"], keep_best=True)
+    saved = tmp_path / "checkpoints" / "delivered.ckpt"
+    extension = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], evaluate_splits=["test"], keep_best=True, delivered_path=saved)
     snapshot = Snapshot([4])
     trainer = L.Trainer(
         max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -190,8 +193,13 @@ def test_keep_best_delivers_the_best_validation_stage(tmp_path):
     assert result["test/rmse"] < stages[-1]["test/rmse"]
     held = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert held == {id(p) for p in module.parameters()}
+    # the delivered network on disk (last.ckpt would hold the spoiled last stage)
+    assert report["delivered_checkpoint"] == str(saved)
+    from_disk = model_from_checkpoint(saved).double()
+    assert from_disk.grid_size == delivered["grid"]
+    assert _direct_rmse(from_disk, data, "val") == pytest.approx(delivered["val/rmse"], rel=1e-9)
     # a checkpoint round trip keeps the choice
-    restored = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], keep_best=True)
+    restored = GridExtension(grids=[3, 5, 8], at_epochs=[2, 4], keep_best=True, delivered_path=saved)
     restored.load_state_dict(extension.state_dict())
     assert restored.report() == report
 
@@ -238,6 +246,11 @@ def test_paper_grid_extension_reduced_run_and_report(make_cfg, tmp_path):
     delivered = record["callbacks"]["grid_extension"]["delivered"]
     assert delivered["val/rmse"] == min(s["val/rmse"] for s in stages)
     assert record["metrics"]["test/rmse"] == pytest.approx(delivered["test/rmse"], rel=1e-6)
+    # ... and kan-eval reads the same network back from the run's delivered checkpoint
+    saved = record["callbacks"]["grid_extension"]["delivered_checkpoint"]
+    assert saved == str(tmp_path / "checkpoints" / "delivered.ckpt")
+    eval_cfg = make_cfg(f"ckpt_path={saved}", "split=test", config_name="eval", output_dir=tmp_path / "eval")
+    assert evaluate(eval_cfg)["test/rmse"] == pytest.approx(record["metrics"]["test/rmse"], rel=1e-6)
 
     out = tmp_path / "report"
     assert ge_cli.main([str(tmp_path), "--out", str(out), "--reference", "pykan=3:1.5e-3,5:7.3e-4,10:2.2e-4"]) == 0

@@ -87,6 +87,12 @@ def test_stacked_grid_extension_equals_separate_kan_train_runs(make_cfg, tmp_pat
         cfg = make_cfg(f"ckpt_path={record['best']['path']}", "split=test", config_name="eval", output_dir=tmp_path / name / "eval")
         record["eval"] = evaluate(cfg)
     assert _relative(results[2]["eval"]["test/rmse"], separate[2]["eval"]["test/rmse"]) < tolerance
+    # the delivered networks on disk are the ones each run tested (test_ckpt=last: the delivered)
+    for name, record in (("alone2", separate[1]), ("stacked2", results[1])):
+        saved = record["callbacks"]["grid_extension"]["delivered_checkpoint"]
+        assert saved == str(tmp_path / name / "checkpoints" / "delivered.ckpt")
+        cfg = make_cfg(f"ckpt_path={saved}", "split=test", config_name="eval", output_dir=tmp_path / name / "eval_delivered")
+        assert _relative(evaluate(cfg)["test/rmse"], record["metrics"]["test/rmse"]) < 1e-6
 
 
 def test_stacked_grid_extension_lbfgs_follows_separate_runs(make_cfg, tmp_path):

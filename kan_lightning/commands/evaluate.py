@@ -28,7 +28,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = datamodule_from_checkpoint(checkpoint, overrides)
     module = KANRegressor(model)
     module.set_target_normalization(datamodule.normalization)
-    trainer: L.Trainer = instantiate(cfg.trainer)
+    # a float64 network (a 64-true run) is evaluated in float64: float32 would floor its errors
+    double = next(model.parameters()).dtype == torch.float64
+    trainer: L.Trainer = instantiate(cfg.trainer, **({"precision": "64-true"} if double else {}))
     loader = getattr(datamodule, f"{cfg.split}_dataloader")()
     results = trainer.test(module, dataloaders=loader, verbose=False)[0]
     metrics = {k.replace("test/", f"{cfg.split}/"): float(v) for k, v in results.items()}

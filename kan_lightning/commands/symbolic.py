@@ -35,10 +35,6 @@ def load_kan(checkpoint: dict[str, Any]) -> torch.nn.Module:
     model = model_from_checkpoint(checkpoint)
     if not hasattr(model, "activations") or not hasattr(model, "layers"):
         raise ValueError(f"symbolic regression needs a KAN checkpoint, got a {type(model).__name__}")
-    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    if any(torch.is_tensor(v) and v.dtype == torch.float64 for v in state.values()):
-        model.double()
-        model.load_state_dict(state)  # again, so no digit is lost to the float32 default
     return model.eval()
 
 

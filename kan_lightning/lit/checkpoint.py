@@ -219,7 +219,8 @@ def check_state_matches(checkpoint: dict[str, Any], module: nn.Module, path: str
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path) -> nn.Module:
-    """The trained network stored in a checkpoint written by :class:`KANRegressor`."""
+    """The trained network stored in a checkpoint written by :class:`KANRegressor`, in the
+    dtype it was saved in (a float64 run's network stays float64: no digit lost to float32)."""
     if not isinstance(checkpoint, dict):
         checkpoint = read_checkpoint(checkpoint)
     meta = checkpoint.get("kan_lightning")
@@ -229,6 +230,8 @@ def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path) -> nn.Module:
     model = build_from_plain(MODEL_CLASSES[meta["model_class"]], meta.get("model_config"), "kan_lightning.model_config")
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if any(torch.is_tensor(v) and v.dtype == torch.float64 for v in state.values()):
+        model.double()
     model.load_state_dict(state)
     return model
 

@@ -81,6 +81,8 @@ class StackedGridExtension:
 
     def __init__(self, stack: StackedKAN, jobs: Sequence[Job], max_epochs: int, device: torch.device) -> None:
         self.callbacks = [instantiate_node(job.cfg.callbacks.grid_extension, "callbacks.grid_extension") for job in jobs]
+        for callback in self.callbacks:
+            callback.delivered_path = None  # a TrainerView cannot save: records.py writes the file
         for job in jobs:
             job.module.to(device)  # (its denormalize's buffers, for the stage evaluation)
         self.trainers = [TrainerView(job, max_epochs) for job in jobs]

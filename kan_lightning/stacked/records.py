@@ -82,6 +82,10 @@ def _write_job(job: Job, m: int, n_models: int, outcome: Outcome, test: dict | N
         best = {"monitor": outcome.monitor, "value": outcome.best_value[m], "path": path}
     if (cfg.get("callbacks") or {}).get("last_checkpoint"):
         _checkpoint(job, outcome.final[m], int(cfg.trainer.max_epochs) - 1, outcome.step, checkpoints / "last.ckpt")
+    extension = (cfg.get("callbacks") or {}).get("grid_extension") or {}
+    if extension.get("keep_best") and extension.get("delivered_path") and job.diverged is None:
+        path = _checkpoint(job, outcome.delivered[m], int(cfg.trainer.max_epochs) - 1, outcome.step, Path(extension.delivered_path))
+        outcome.reports[m].setdefault("grid_extension", {})["delivered_checkpoint"] = path
     delivered = job.module.model = outcome.delivered[m]
     metrics = dict(outcome.last[m])
     if test is not None:

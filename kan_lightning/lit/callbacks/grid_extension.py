@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -14,6 +15,7 @@ from .common import integer, nonnegative
 from .common import fit_inputs as _fit_inputs
 from .common import network as _network
 from .common import rebuild_optimizers as _rebuild
+from .common import save_checkpoint_atomically
 from .best_stage import BestStage
 from .polish import polish
 
@@ -72,6 +74,9 @@ class GridExtension(L.Callback):
             so far is kept, and at the end of fit it is restored (grid included) if a later
             stage was worse, so a finer grid never makes the delivered model worse on
             validation. Selection never looks at ``test``. :meth:`report` adds ``delivered``.
+        delivered_path: with ``keep_best``, where the delivered network is saved at the end of fit
+            (a checkpoint ``kan-eval`` and ``kan-symbolic`` read; ``last.ckpt`` holds the last
+            stage); :meth:`report` adds ``delivered_checkpoint``. ``None``: not saved.
         stage_grid_updates: with ``use_data``, in every stage also fit the grids to the training
             inputs (as at a switch) every ``stage_grid_update_every`` steps during its first
             ``stage_grid_updates * stage_grid_update_every`` steps (pykan's ``fit`` does 10 every
@@ -104,6 +109,7 @@ class GridExtension(L.Callback):
         evaluate_splits=None,
         eval_batch_size: int = 65536,
         keep_best: bool = False,
+        delivered_path: str | None = None,
         stage_grid_updates: int = 0,
         stage_grid_update_every: int = 5,
         refit_smoothness: float = 0.0,
@@ -142,6 +148,7 @@ class GridExtension(L.Callback):
         if unknown or len(set(splits)) != len(splits):
             raise ValueError(f"evaluate_splits must be distinct names out of {EVAL_SPLITS}, got {splits}")
         self.keep_best = bool(keep_best)
+        self.delivered_path = Path(delivered_path) if delivered_path and self.keep_best else None
         if self.keep_best and "val" not in splits:
             splits.insert(0, "val")
         self.evaluate_splits = splits
@@ -266,6 +273,8 @@ class GridExtension(L.Callback):
         self.record_stage(trainer, pl_module)
         if self.keep_best:
             self.best_stage.restore(trainer, pl_module, self.stages[-1] if self.stages else None)
+            if self.delivered_path is not None:
+                save_checkpoint_atomically(trainer, self.delivered_path)
 
     @property
     def delivered(self) -> dict | None:
@@ -348,6 +357,8 @@ class GridExtension(L.Callback):
         report = {"stages": [dict(s) for s in self.stages], "history": [dict(h) for h in self.history]}
         if self.keep_best:
             report["delivered"] = dict(self.delivered) if self.delivered else None
+            if self.delivered_path is not None and self.delivered_path.exists():
+                report["delivered_checkpoint"] = str(self.delivered_path)
         return report
 
     def state_dict(self) -> dict:
