@@ -74,7 +74,8 @@ def _record(tmp_path, name, function, val, test, target="kan_lightning.nn.KAN", 
     record = {
         "status": "completed",
         "metrics": {"test/rmse": test, "val/rmse": 1.0},
-        "config": {"data": {"function": function}, "model": {"_target_": target}, "callbacks": {c: {} for c in callbacks}},
+        "seed": 2,
+        "config": {"data": {"function": function}, "model": {"_target_": target, "layers_hidden": [2, 5, 1]}, "callbacks": {c: {} for c in callbacks}},
         "callbacks": {"grid_extension": {"stages": [], "delivered": {"grid": 20, "val/rmse": val, "test/rmse": test}}},
     }
     if target.endswith("MLP"):
@@ -90,10 +91,13 @@ def test_collect_picks_by_validation_not_test(tmp_path, capsys):
     _record(tmp_path, "c", "feynman_I.6.2", val=1e-5, test=5e-6, callbacks=("grid_extension", "pruning"))
     _record(tmp_path, "d", "feynman_I.6.2", val=1e-4, test=2e-4, target="kan_lightning.nn.MLP")
     _record(tmp_path, "e", "guide_example", val=1e-9, test=1e-9)  # not a benchmark: ignored
-    ours = pt.collect(find_runs([tmp_path]), "feynman")
+    chosen = {}
+    ours = pt.collect(find_runs([tmp_path]), "feynman", chosen)
     assert ours == {"I.6.2": {"kan": 9e-5, "kan_pruned": 5e-6, "mlp": 2e-4}}
+    assert chosen == {"I.6.2": "[2, 5, 1] seed 2, G = 20"}  # run a: the KAN's lowest validation
     assert pt_cli.main(["feynman", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
-    assert "**0 of 1**" in (tmp_path / "out" / "feynman.md").read_text()
+    text = (tmp_path / "out" / "feynman.md").read_text()
+    assert "**0 of 1**" in text and "The KAN run chosen (lowest validation RMSE of those given): I.6.2 [2, 5, 1] seed 2, G = 20." in text
     assert pt_cli.main(["feynman", str(tmp_path / "missing")]) == 2
     assert "error: no such run" in capsys.readouterr().err
 

@@ -41,27 +41,36 @@ def run_family(record: Mapping[str, Any]) -> str:
     return "kan_pruned" if "pruning" in (config.get("callbacks") or {}) else "kan"
 
 
-def run_result(record: Mapping[str, Any]) -> tuple[float, float] | None:
-    """``(validation RMSE, test RMSE)`` of the model a run delivered, or ``None``."""
+def run_result(record: Mapping[str, Any]) -> tuple[float, float, str] | None:
+    """``(validation RMSE, test RMSE, label)`` of the model a run delivered, or ``None``; the
+    label names the run: widths, seed, delivered grid, and the hidden grids' range if not the default."""
     metrics = record.get("metrics") or {}
     test = metrics.get("test/rmse")
     delivered = delivered_stage(dict(record))
     val = delivered.get("val/rmse") if delivered else metrics.get("val/rmse")
     if not isinstance(test, (int, float)) or not isinstance(val, (int, float)):
         return None
-    return float(val), float(test)
+    config = record.get("config") or {}
+    label = f"{list((config.get('model') or {}).get('layers_hidden') or [])} seed {record.get('seed', config.get('seed'))}"
+    if delivered:
+        label += f", G = {delivered.get('grid')}"
+    hidden_range = ((config.get("callbacks") or {}).get("grid_extension") or {}).get("hidden_range", "margin")
+    if hidden_range != "margin":
+        label += f", {hidden_range}"
+    return float(val), float(test), label
 
 
-def best_by_validation(results: Sequence[tuple[float, float]]) -> float:
-    """The test RMSE of the result with the lowest validation RMSE (NaN-safe)."""
+def best_by_validation(results: Sequence[tuple[float, float, str]]) -> tuple[float, float, str] | None:
+    """The result with the lowest validation RMSE (NaN-safe)."""
     finite = [r for r in results if math.isfinite(r[0])]
-    return min(finite)[1] if finite else math.nan
+    return min(finite) if finite else None
 
 
-def collect(run_dirs: Sequence[Path], table: str) -> dict[str, dict[str, float]]:
-    """``{benchmark name: {family: test RMSE of the best-by-validation run}}``."""
+def collect(run_dirs: Sequence[Path], table: str, chosen: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """``{benchmark name: {family: test RMSE of the best-by-validation run}}``; ``chosen``, if
+    given, receives ``{benchmark name: label of the KAN run chosen}``."""
     names = {b.function_name: b.name for b in TABLES[table]}
-    found: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    found: dict[str, dict[str, list[tuple[float, float, str]]]] = {}
     for run in run_dirs:
         record = load_record(run)
         if record.get("status") != "completed":
@@ -71,7 +80,10 @@ def collect(run_dirs: Sequence[Path], table: str) -> dict[str, dict[str, float]]
         if function not in names or result is None:
             continue
         found.setdefault(names[function], {}).setdefault(run_family(record), []).append(result)
-    return {name: {fam: best_by_validation(rs) for fam, rs in fams.items()} for name, fams in found.items()}
+    best = {name: {fam: best_by_validation(rs) for fam, rs in fams.items()} for name, fams in found.items()}
+    if chosen is not None:
+        chosen.update({name: fams["kan"][2] for name, fams in best.items() if fams.get("kan")})
+    return {name: {fam: r[1] if r else math.nan for fam, r in fams.items()} for name, fams in best.items()}
 
 
 def count_at_or_below(ours: Mapping[str, Mapping[str, float]], table: str) -> dict[str, tuple[int, int]]:
@@ -91,7 +103,7 @@ def _cell(value: float | None) -> str:
     return f"{value:.2e}" if isinstance(value, float) and math.isfinite(value) else "—"
 
 
-def markdown(ours: Mapping[str, Mapping[str, float]], table: str) -> str:
+def markdown(ours: Mapping[str, Mapping[str, float]], table: str, chosen: Mapping[str, str] | None = None) -> str:
     columns = PAPER_COLUMN[table]
     paper_label = {"unpruned_kan": "unpruned KAN", "pruned_kan": "pruned KAN", "best_kan": "best KAN", "minimal_kan": "minimal KAN", "mlp": "MLP"}
     header = ["benchmark", "formula / function", "domain"]
@@ -113,6 +125,9 @@ def markdown(ours: Mapping[str, Mapping[str, float]], table: str) -> str:
         lines.append(f"- ours {family.replace('_', ' ')} at or below the paper's {paper_label[column]}: **{at} of {total}** run")
     at, total = counts["kan_vs_mlp"]
     lines.append(f"- our KAN at or below our MLP: {at} of {total}")
+    if chosen:
+        lines.append("\nThe KAN run chosen (lowest validation RMSE of those given): " + "; ".join(
+            f"{b.name} {chosen[b.name]}" for b in TABLES[table] if b.name in chosen) + ".")
     lines.append(
         "\nOurs: per benchmark and family the run with the lowest validation RMSE, its test RMSE "
         "(grid stage chosen by validation too). The paper's figures are the best by test RMSE over "

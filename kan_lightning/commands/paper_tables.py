@@ -27,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
         print(f"error: no metrics.json below {', '.join(args.runs)}", file=sys.stderr)
         return 2
-    text = markdown(collect(runs, args.table), args.table)
+    chosen: dict[str, str] = {}
+    text = markdown(collect(runs, args.table, chosen), args.table, chosen)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
