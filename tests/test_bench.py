@@ -79,6 +79,24 @@ def test_bench_times_and_compares_inkan() -> None:
     assert "inkan-eager" in result["markdown"]
 
 
+def test_a_peer_whose_to_takes_only_a_device_is_built_in_the_dtype(monkeypatch) -> None:
+    """pykan's ``MultKAN.to(device)`` takes no dtype keyword: kan-bench failed with it installed."""
+
+    class DeviceOnly(torch.nn.Linear):
+        def to(self, device):  # pykan's signature
+            return super().to(device)
+
+    monkeypatch.setitem(bench_peers.ADAPTERS, "pykan", lambda ours: DeviceOnly(2, 1))
+    peer = bench_peers.build_peer("pykan", KAN([2, 1], grid_size=5), torch.float64, "cpu")
+    assert peer.weight.dtype == torch.float64
+
+
+@pytest.mark.skipif(not _installed("kan"), reason="pykan not installed (pip install pykan)")
+def test_pykan_peer_runs_in_float64() -> None:
+    peer = bench_peers.build_peer("pykan", KAN([2, 3, 1], grid_size=5), torch.float64, "cpu")
+    assert peer(torch.rand(8, 2, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_peers_refuse_shapes_they_lack() -> None:
     if not _installed("inkan"):
         pytest.skip("inkan not installed (pip install 'kan-lightning[bench]')")

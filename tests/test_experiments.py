@@ -231,6 +231,20 @@ def test_paper_grid_extension_preset(make_cfg):
     assert (data.x_train.shape[0], data.x_test.shape[0]) == (1000, 1000) and data.x_val.shape[0] > 0
 
 
+def test_paper_grid_extension_lm_preset_differs_only_in_the_fit(make_cfg):
+    base, lm = make_cfg("experiment=paper_grid_extension"), make_cfg("experiment=paper_grid_extension_lm")
+    assert lm.data == base.data and lm.model == base.model and lm.optimizer == base.optimizer
+    ext, base_ext = lm.callbacks.grid_extension, base.callbacks.grid_extension
+    assert list(ext.grids) == list(base_ext.grids) and ext.keep_best
+    assert {k: v for k, v in ext.items() if not k.startswith("polish_")} == {
+        k: v for k, v in base_ext.items() if not k.startswith("polish_")
+    }
+    assert ext.polish_iterations > 0 and ext.polish_smoothness > 0 and lm.callbacks.multi_start.restarts > 0
+    steps = lm.trainer.max_epochs // len(ext.grids)
+    assert lm.trainer.max_epochs == steps * len(ext.grids) < base.trainer.max_epochs
+    assert lm.callbacks.grid_update.stop_step <= steps and steps % lm.trainer.check_val_every_n_epoch == 0
+
+
 def test_paper_grid_extension_reduced_run_and_report(make_cfg, tmp_path):
     cfg = make_cfg(
         "experiment=paper_grid_extension", *QUIET, "data.n_samples=250", "trainer.max_epochs=9",

@@ -4,10 +4,18 @@ For one width and seed: ``kan-train experiment=paper_grid_extension seed=S model
 (a subprocess; its metrics.json stage table), then pykan's README toy on kan-train's own
 train / val / test tensors for that seed (``KAN(width=W, grid=3, k=3, seed=S)``, float64,
 ``fit(opt="LBFGS", steps=200)`` and ``refine(G)`` per grid, its other defaults; a subprocess
-killed after --timeout s). One thread each, one after the other. Results go to
-toy_side_by_side.json and the tables of toy_side_by_side.md (rewritten after every run).
+killed after --timeout s). One thread each, one after the other. ``--override`` (repeatable)
+adds a kan-train override, ``--experiment`` takes another preset on the same data (its own
+number of steps), and ``--label`` names that variant in the tables. Results go to
+toy_side_by_side.json and the tables of toy_side_by_side.md (rewritten after every run; the file
+is read again before each write, so runs for different seeds can go at the same time).
 
     OMP_NUM_THREADS=1 PYTHONPATH=$PWD python docs/results/toy_side_by_side.py --width 2,5,1 --seed 1
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python docs/results/toy_side_by_side.py --width 2,1,1 --seed 2 \
+        --label "polish, 4 restarts" --override callbacks.grid_extension.polish_iterations=100 \
+        --override callbacks.grid_extension.polish_smoothness=1e-9 --override callbacks.multi_start.restarts=4
+    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python docs/results/toy_side_by_side.py --width 2,1,1 --seed 2 \
+        --experiment paper_grid_extension_lm --label "experiment=paper_grid_extension_lm"
     PYTHONPATH=$PWD python docs/results/toy_side_by_side.py --report   # tables only
 """
 import argparse, json, os, resource, statistics, subprocess, sys, time
@@ -20,6 +28,8 @@ GRIDS = [3, 5, 10, 20, 50, 100]
 p = argparse.ArgumentParser()
 p.add_argument("--width", default="2,5,1"); p.add_argument("--seed", type=int, default=1)
 p.add_argument("--timeout", type=int, default=1200); p.add_argument("--steps", type=int, default=200); p.add_argument("--report", action="store_true")
+p.add_argument("--override", action="append", default=[]); p.add_argument("--experiment", default="paper_grid_extension")
+p.add_argument("--label", default="")
 p.add_argument("--pykan_out", help=argparse.SUPPRESS)  # internal: the pykan child writes here
 a = p.parse_args()
 width = [int(v) for v in a.width.split(",")]
@@ -71,8 +81,9 @@ def timed(cmd, **kw):
 
 def run_ours():
     run_dir = f"/tmp/sbs/ours_{tag}_{a.seed}_{int(time.time())}"
-    cmd = [sys.executable, "-m", "kan_lightning.commands.train", "experiment=paper_grid_extension", f"seed={a.seed}",
-           f"model.layers_hidden=[{a.width}]", f"hydra.run.dir={run_dir}", f"trainer.max_epochs={6 * a.steps}"]
+    steps = [f"trainer.max_epochs={6 * a.steps}"] if a.experiment == "paper_grid_extension" else []
+    cmd = [sys.executable, "-m", "kan_lightning.commands.train", f"experiment={a.experiment}", f"seed={a.seed}",
+           f"model.layers_hidden=[{a.width}]", f"hydra.run.dir={run_dir}", *steps, *a.override]
     t = timed(cmd)
     stages = json.loads(Path(run_dir, "metrics.json").read_text())["callbacks"]["grid_extension"]["stages"]
     prev = 0.0
@@ -150,11 +161,21 @@ def report(results):
 
 if a.pykan_out:
     run_pykan(a.pykan_out); sys.exit()
-results = json.loads(JSON.read_text()) if JSON.exists() else {}
+
+
+def saved(key=None, side=None, rec=None):
+    """The results on disk, with ``rec`` stored under ``key``/``side`` first when given."""
+    results = json.loads(JSON.read_text()) if JSON.exists() else {}
+    if key:
+        results.setdefault(key, {})[side] = rec
+        JSON.write_text(json.dumps(results, indent=1))
+    return results
+
+
 if not a.report:
-    key = f"KAN [{a.width.replace(',', ', ')}] seed {a.seed}"
-    results[key] = {"ours": run_ours()}
-    JSON.write_text(json.dumps(results, indent=1)); report(results)
-    results[key]["pykan"] = pykan_side()
-    JSON.write_text(json.dumps(results, indent=1))
-report(results)
+    label = f", {a.label}" if a.label else ""
+    key = f"KAN [{a.width.replace(',', ', ')}]{label} seed {a.seed}"
+    saved(key, "pykan", None)
+    report(saved(key, "ours", run_ours()))
+    saved(key, "pykan", pykan_side())
+report(saved())

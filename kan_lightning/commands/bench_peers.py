@@ -120,12 +120,13 @@ def build_peer(name: str, ours: nn.Module, dtype: torch.dtype, device: str) -> n
     if name not in ADAPTERS:
         raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
     try:
-        model = ADAPTERS[name](ours)
+        # the device positionally: pykan's MultKAN.to takes nothing else
+        model = ADAPTERS[name](ours).to(device)
+        return nn.Module.to(model, dtype=dtype)
     except PeerUnavailable:
         raise
     except Exception as exc:  # an incompatible version
         raise PeerUnavailable(f"failed to build: {type(exc).__name__}: {exc}") from None
-    return model.to(device=device, dtype=dtype)
 
 
 def max_difference(peer: nn.Module, ours: nn.Module, x: torch.Tensor) -> tuple[float, float]:
