@@ -200,6 +200,17 @@ def check_scheduler(scheduler: Mapping[str, Any] | None) -> None:
                 check_int(f"scheduler.factory.{key}", factory[key], 1)
 
 
+def check_callbacks(callbacks: Mapping[str, Any] | None) -> None:
+    """Settings for a callback that is not in the callbacks list (a preset's or ``fit=lm``'s
+    ``callbacks.multi_start`` under ``callbacks=default``) would be dropped without a word."""
+    for name, node in (callbacks or {}).items():
+        if isinstance(node, Mapping) and node and "_target_" not in node:
+            raise ConfigError(
+                f"callbacks.{name} sets {', '.join(map(str, node))} of a callback that is not in the callbacks list: "
+                f"add it, e.g. 'callbacks=[default,{name}]', or drop the settings"
+            )
+
+
 def logged_metrics(model: Mapping[str, Any]) -> list[str]:
     """The names KANRegressor logs for this model (what a monitor may watch)."""
     names = [f"{stage}/{name}" for stage in LOGGED_STAGES for name in LOGGED_NAMES]
@@ -317,6 +328,7 @@ def validate_config(cfg: DictConfig | Mapping[str, Any]) -> None:
     container = resolved_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     check_top_level(container)
     check_targets(container)
+    check_callbacks(container.get("callbacks"))
     model = container.get("model") or {}
     check_model(model)
     input_dim = check_data(container.get("data") or {})

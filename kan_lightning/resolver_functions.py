@@ -13,6 +13,13 @@ def kan_widths(input_dim: int, width: int, depth: int, output_dim: int) -> list[
     return [int(input_dim), *[int(width)] * int(depth), int(output_dim)]
 
 
+def kan_grid_epochs(grids, per_grid: int) -> int:
+    """``trainer.max_epochs`` for ``per_grid`` epochs on each grid of a grid-extension schedule."""
+    if grids is None:
+        raise ValueError("epochs per grid need grid extension: callbacks.grid_extension.grids is not set (use a grid-extension experiment)")
+    return len(grids) * int(per_grid)
+
+
 def kan_device_slots() -> int:
     from kan_lightning.devices import default_slots
 
@@ -58,6 +65,7 @@ def kan_basename(path: str) -> str:
 
 RESOLVERS = {
     "kan_widths": kan_widths,
+    "kan_grid_epochs": kan_grid_epochs,
     "kan_device_slots": kan_device_slots,
     "kan_sqlite": kan_sqlite,
     "kan_slurm_gpus": kan_slurm_gpus,

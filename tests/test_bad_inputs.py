@@ -105,6 +105,11 @@ CONFIG = [
     (["model=mlp", "callbacks.model_checkpoint.monitor=reg/l1"], ["callbacks.model_checkpoint.monitor='reg/l1'", "not a metric"]),
     (["data.split=[0.9,0,0.1]"], ["callbacks.model_checkpoint.monitor='val/loss'", "no validation part"]),
     (["optimized_metric=val/rmsee"], ["optimized_metric='val/rmsee'", "not a metric"]),
+    # settings of a callback left out of the list would be dropped
+    (["experiment=paper_grid_extension", "callbacks=default"], ["callbacks.grid_extension sets grids", "not in the callbacks list", "callbacks=[default,grid_extension]"]),
+    (["experiment=paper_grid_extension", "fit=lm", "callbacks=[default,grid_extension]"], ["callbacks.multi_start sets restarts", "callbacks=[default,multi_start]"]),
+    # fit=lm sets epochs per grid of grid extension
+    (["experiment=paper_toy", "fit=lm"], ["trainer.max_epochs", "callbacks.grid_extension.grids is not set"]),
     # grid ranges and domains the float32 splines cannot represent
     (["model.grid_range=[-1e308,1e308]"], ["model.grid_range=[-1e+308, 1e+308]", "too wide"]),
     (["model.grid_range=[0,1e35]"], ["model.grid_range=[0, 1e+35]", "too wide"]),

@@ -33,7 +33,10 @@ def test_every_yaml_is_checked():
 
 @pytest.mark.parametrize("group,option", group_options())
 def test_group_option_composes_and_targets_accept_keys(make_cfg, group, option):
-    overrides = {"data/formula": ["data=formula", "data.formula=x0*x1"]}.get(f"{group}/{option}", [])
+    overrides = {
+        "data/formula": ["data=formula", "data.formula=x0*x1"],
+        "fit/lm": ["experiment=paper_grid_extension", "fit=lm"],  # a fit of grid-extension stages
+    }.get(f"{group}/{option}", [])
     cfg = make_cfg(*(overrides or [f"{group}={option}"]))
     assert check_targets(cfg) >= 3  # model, data, trainer at least
 

@@ -245,6 +245,24 @@ def test_paper_grid_extension_lm_preset_differs_only_in_the_fit(make_cfg):
     assert lm.callbacks.grid_update.stop_step <= steps and steps % lm.trainer.check_val_every_n_epoch == 0
 
 
+@pytest.mark.parametrize("experiment", ["paper_grid_extension", "feynman", "special_functions"])
+def test_fit_lm_changes_only_the_fit_and_takes_ten_steps_per_grid(make_cfg, experiment):
+    base = make_cfg(f"experiment={experiment}")
+    to_200 = "callbacks.grid_extension.grids=[3,5,10,20,50,100,200]"
+    lm, lm_200 = make_cfg(f"experiment={experiment}", "fit=lm"), make_cfg(f"experiment={experiment}", "fit=lm", to_200)
+    assert lm.data == base.data and lm.model == base.model and lm.task_name == base.task_name
+    assert (lm.trainer.max_epochs, lm_200.trainer.max_epochs) == (60, 70)
+    assert lm.callbacks.grid_extension.polish_iterations > 0 and lm.callbacks.multi_start.restarts > 0
+    assert make_cfg(f"experiment={experiment}", "fit=lm", "trainer.max_epochs=120").trainer.max_epochs == 120
+
+
+def test_paper_grid_extension_lm_is_the_toy_with_fit_lm(make_cfg):
+    preset, composed = make_cfg("experiment=paper_grid_extension_lm"), make_cfg("experiment=paper_grid_extension", "fit=lm")
+    assert preset.task_name == "paper_grid_extension_lm"
+    preset.task_name = composed.task_name
+    assert preset == composed
+
+
 def test_paper_grid_extension_reduced_run_and_report(make_cfg, tmp_path):
     cfg = make_cfg(
         "experiment=paper_grid_extension", *QUIET, "data.n_samples=250", "trainer.max_epochs=9",
