@@ -10,7 +10,7 @@ from torch.func import functional_call, jacrev
 from kan_lightning.data.datamodule import SyntheticFunctionDataModule
 from kan_lightning.lit import KANRegressor
 from kan_lightning.commands.bench_lm import reference_levenberg_marquardt
-from kan_lightning.lit.callbacks import GridExtension
+from kan_lightning.lit.callbacks import GridExtension, Pruning
 from kan_lightning.nn import KAN
 from kan_lightning.nn.gauss_newton import gram, grouped_jacobian
 from kan_lightning.nn.levenberg_marquardt import jacobian, levenberg_marquardt, penalty_matrix
@@ -107,25 +107,26 @@ def test_penalty_matrix_is_the_refits_difference_penalty_per_edge():
     torch.testing.assert_close(got, torch.cat(expected), rtol=1e-12, atol=1e-14)
 
 
-def _fit(polish):
+def _fit(polish, l1=0.0, callbacks=()):
     L.seed_everything(0, verbose=False)
     data = SyntheticFunctionDataModule(function="paper_exp_sin", n_samples=300, split=(0.5, 0.2, 0.3), batch_size="full", seed=3)
-    module = KANRegressor(KAN([2, 3, 1], grid_size=3), optimizer=lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"))
+    model = KAN([2, 3, 1], grid_size=3, regularization={"l1": l1})
+    module = KANRegressor(model, optimizer=lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"))
     extension = GridExtension(grids=[3, 5], at_epochs=[4], evaluate_splits=["train"], polish_iterations=polish)
     trainer = L.Trainer(
         max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, precision="64-true", callbacks=[extension],
+        enable_model_summary=False, num_sanity_val_steps=0, precision="64-true", callbacks=[extension, *callbacks],
     )
     trainer.fit(module, datamodule=data)
     x, y = data.x_train.double(), data.y_train.double()
     with torch.no_grad():
         final = float((module.model(x) - y).square().mean().sqrt())
-    return [s["train/rmse"] for s in extension.stages], final
+    return [s["train/rmse"] for s in extension.stages], final, module.model
 
 
 def test_grid_extension_polishes_every_stage():
-    plain, _ = _fit(0)
-    polished, final = _fit(20)
+    plain, _, _ = _fit(0)
+    polished, final, _ = _fit(20)
     assert len(polished) == 2
     assert all(p < 0.5 * q for p, q in zip(polished, plain))  # LBFGS for 4 steps is far from done
     assert polished[-1] == pytest.approx(final)  # the stage record is the polished network
@@ -133,3 +134,14 @@ def test_grid_extension_polishes_every_stage():
         GridExtension(grids=[3, 5], polish_iterations=-1)
     with pytest.raises(ValueError, match="polish_smoothness"):
         GridExtension(grids=[3, 5], polish_smoothness=-1.0)
+
+
+def test_the_polish_waits_for_the_penalty_to_be_dropped_at_the_pruning():
+    """LM fits the squared error alone: while a sparsification penalty is on, a stage is not
+    polished; ``Pruning(drop_penalties=True)`` turns the penalty off, and later stages are."""
+    plain, _, _ = _fit(0, l1=1e-3)
+    pruning = Pruning(at_epoch=4, threshold=0.0, drop_penalties=True)  # threshold 0: keeps every node
+    polished, final, model = _fit(20, l1=1e-3, callbacks=[pruning])
+    assert polished[0] == pytest.approx(plain[0], rel=1e-9)  # the penalized stage: no polish
+    assert polished[1] < 0.5 * plain[1] and polished[1] == pytest.approx(final)
+    assert pruning.widths["after"] == [2, 3, 1] and model.regularization["l1"] == 0.0

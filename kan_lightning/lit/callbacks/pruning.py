@@ -13,7 +13,9 @@ class Pruning(L.Callback):
 
     Hidden nodes whose incoming or outgoing activation score is at most ``threshold`` are
     removed (:meth:`KAN.prune`); with ``edge_threshold`` weak edges of the result are then
-    masked. The smaller network replaces ``pl_module.model`` and the optimizers are rebuilt.
+    masked. The smaller network replaces ``pl_module.model`` and the optimizers are rebuilt;
+    with ``drop_penalties`` its regularization weights are set to 0 (the paper's pruned KANs:
+    sparsify, prune, then fit the smaller network on the data alone).
     Logs ``prune/width_<l>`` for every width and ``prune/num_parameters``; :attr:`widths` keeps
     the widths before and after.
 
@@ -22,7 +24,14 @@ class Pruning(L.Callback):
     checkpoint from before it) first rebuilds ``pl_module.model`` with the saved widths.
     """
 
-    def __init__(self, at_epoch: int = 0, threshold: float = 1e-2, edge_threshold: float | None = None, max_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        at_epoch: int = 0,
+        threshold: float = 1e-2,
+        edge_threshold: float | None = None,
+        max_samples: int | None = None,
+        drop_penalties: bool = False,
+    ) -> None:
         if at_epoch < 0:
             raise ValueError(f"at_epoch must be >= 0, got {at_epoch!r}")
         if not threshold >= 0 or (edge_threshold is not None and not edge_threshold >= 0):
@@ -31,6 +40,7 @@ class Pruning(L.Callback):
         self.threshold = float(threshold)
         self.edge_threshold = edge_threshold
         self.max_samples = max_samples
+        self.drop_penalties = bool(drop_penalties)
         self.done = False
         self.widths: dict[str, list[int]] = {}
         self._hooked: set[int] = set()
@@ -54,6 +64,9 @@ class Pruning(L.Callback):
         pruned = model.prune(x, threshold=self.threshold)
         if self.edge_threshold is not None:
             pruned.prune_edges(self.edge_threshold, x)
+        if self.drop_penalties:
+            for term in pruned.regularization:
+                pruned.regularization[term] = 0.0
         pl_module.model = pruned
         rebuild_optimizers(pl_module)
         self.done = True
