@@ -68,7 +68,7 @@ def test_counting_on_hand_values():
     assert pt.count_at_or_below({"ellipj": {"kan": 1e-4}}, "special")["kan"] == (1, 1)
 
 
-def _record(tmp_path, name, function, val, test, target="kan_lightning.nn.KAN", callbacks=("grid_extension",)):
+def _record(tmp_path, name, function, val, test, target="kan_lightning.nn.KAN", callbacks=("grid_extension",), pruned_to=None):
     run = tmp_path / name
     run.mkdir()
     record = {
@@ -78,6 +78,8 @@ def _record(tmp_path, name, function, val, test, target="kan_lightning.nn.KAN", 
         "config": {"data": {"function": function}, "model": {"_target_": target, "layers_hidden": [2, 5, 1]}, "callbacks": {c: {} for c in callbacks}},
         "callbacks": {"grid_extension": {"stages": [], "delivered": {"grid": 20, "val/rmse": val, "test/rmse": test}}},
     }
+    if pruned_to:  # what the Pruning callback reports
+        record["callbacks"]["pruning"] = {"widths": {"before": [2, 5, 1], "after": pruned_to}}
     if target.endswith("MLP"):
         record["metrics"]["val/rmse"] = val
         del record["callbacks"]
@@ -88,16 +90,18 @@ def _record(tmp_path, name, function, val, test, target="kan_lightning.nn.KAN", 
 def test_collect_picks_by_validation_not_test(tmp_path, capsys):
     _record(tmp_path, "a", "feynman_I.6.2", val=2e-5, test=9e-5)
     _record(tmp_path, "b", "feynman_I.6.2", val=3e-5, test=1e-5)  # better on test, worse on val
-    _record(tmp_path, "c", "feynman_I.6.2", val=1e-5, test=5e-6, callbacks=("grid_extension", "pruning"))
+    _record(tmp_path, "c", "feynman_I.6.2", val=1e-5, test=5e-6, callbacks=("grid_extension", "pruning"), pruned_to=[2, 2, 1])
     _record(tmp_path, "d", "feynman_I.6.2", val=1e-4, test=2e-4, target="kan_lightning.nn.MLP")
     _record(tmp_path, "e", "guide_example", val=1e-9, test=1e-9)  # not a benchmark: ignored
     chosen = {}
     ours = pt.collect(find_runs([tmp_path]), "feynman", chosen)
     assert ours == {"I.6.2": {"kan": 9e-5, "kan_pruned": 5e-6, "mlp": 2e-4}}
-    assert chosen == {"I.6.2": "[2, 5, 1] seed 2, G = 20"}  # run a: the KAN's lowest validation
+    # run a: the KAN's lowest validation; the pruned run names the shape it was pruned to
+    assert chosen == {"I.6.2": {"kan": "[2, 5, 1] seed 2, G = 20", "kan_pruned": "[2, 5, 1] pruned to [2, 2, 1] seed 2, G = 20", "mlp": "[2, 5, 1] seed 2"}}
     assert pt_cli.main(["feynman", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "feynman.md").read_text()
     assert "**0 of 1**" in text and "The KAN run chosen (lowest validation RMSE of those given): I.6.2 [2, 5, 1] seed 2, G = 20." in text
+    assert "The pruned KAN run chosen (lowest validation RMSE of those given): I.6.2 [2, 5, 1] pruned to [2, 2, 1] seed 2, G = 20." in text
     assert pt_cli.main(["feynman", str(tmp_path / "missing")]) == 2
     assert "error: no such run" in capsys.readouterr().err
 

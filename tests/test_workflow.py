@@ -366,7 +366,7 @@ def test_pruning_callback_replaces_model_and_optimizer(tmp_path):
 
     trainer = _trainer(3, [pruning, Check()], logger=logger, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=_toy(n_samples=200, batch_size=20))
-    assert pruning.widths == {"before": [2, 6, 1], "after": [2, 4, 1]}
+    assert pruning.widths == {"before": [2, 6, 1], "after": [2, 4, 1]} == pruning.report()["widths"]
     assert module.model is not model and module.model.layers_hidden == [2, 4, 1]
     assert params_after[0] == [2, 6, 1] and params_after[-1] == [2, 4, 1]
     assert trainer.callback_metrics["prune/width_1"] == 4

@@ -24,6 +24,7 @@ from kan_lightning.analysis.grid_extension_report import delivered_stage, load_r
 from kan_lightning.data.paper_benchmarks import FEYNMAN, FEYNMAN_COLUMNS, SPECIAL, SPECIAL_COLUMNS
 
 FAMILIES = ("kan", "kan_pruned", "mlp")
+FAMILY_NAMES = {"kan": "KAN", "kan_pruned": "pruned KAN", "mlp": "MLP"}
 # our family -> the paper's column it is compared with
 PAPER_COLUMN = {
     "feynman": dict(zip(FAMILIES, (FEYNMAN_COLUMNS[0], FEYNMAN_COLUMNS[1], FEYNMAN_COLUMNS[3]))),
@@ -51,7 +52,11 @@ def run_result(record: Mapping[str, Any]) -> tuple[float, float, str] | None:
     if not isinstance(test, (int, float)) or not isinstance(val, (int, float)):
         return None
     config = record.get("config") or {}
-    label = f"{list((config.get('model') or {}).get('layers_hidden') or [])} seed {record.get('seed', config.get('seed'))}"
+    label = f"{list((config.get('model') or {}).get('layers_hidden') or [])}"
+    pruned = (((record.get("callbacks") or {}).get("pruning") or {}).get("widths") or {}).get("after")
+    if pruned:
+        label += f" pruned to {list(pruned)}"
+    label += f" seed {record.get('seed', config.get('seed'))}"
     if delivered:
         label += f", G = {delivered.get('grid')}"
     hidden_range = ((config.get("callbacks") or {}).get("grid_extension") or {}).get("hidden_range", "margin")
@@ -66,9 +71,9 @@ def best_by_validation(results: Sequence[tuple[float, float, str]]) -> tuple[flo
     return min(finite) if finite else None
 
 
-def collect(run_dirs: Sequence[Path], table: str, chosen: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+def collect(run_dirs: Sequence[Path], table: str, chosen: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, float]]:
     """``{benchmark name: {family: test RMSE of the best-by-validation run}}``; ``chosen``, if
-    given, receives ``{benchmark name: label of the KAN run chosen}``."""
+    given, receives ``{benchmark name: {family: label of the run chosen}}``."""
     names = {b.function_name: b.name for b in TABLES[table]}
     found: dict[str, dict[str, list[tuple[float, float, str]]]] = {}
     for run in run_dirs:
@@ -82,7 +87,7 @@ def collect(run_dirs: Sequence[Path], table: str, chosen: dict[str, str] | None 
         found.setdefault(names[function], {}).setdefault(run_family(record), []).append(result)
     best = {name: {fam: best_by_validation(rs) for fam, rs in fams.items()} for name, fams in found.items()}
     if chosen is not None:
-        chosen.update({name: fams["kan"][2] for name, fams in best.items() if fams.get("kan")})
+        chosen.update({name: {fam: r[2] for fam, r in fams.items() if r} for name, fams in best.items()})
     return {name: {fam: r[1] if r else math.nan for fam, r in fams.items()} for name, fams in best.items()}
 
 
@@ -103,7 +108,7 @@ def _cell(value: float | None) -> str:
     return f"{value:.2e}" if isinstance(value, float) and math.isfinite(value) else "—"
 
 
-def markdown(ours: Mapping[str, Mapping[str, float]], table: str, chosen: Mapping[str, str] | None = None) -> str:
+def markdown(ours: Mapping[str, Mapping[str, float]], table: str, chosen: Mapping[str, Mapping[str, str]] | None = None) -> str:
     columns = PAPER_COLUMN[table]
     paper_label = {"unpruned_kan": "unpruned KAN", "pruned_kan": "pruned KAN", "best_kan": "best KAN", "minimal_kan": "minimal KAN", "mlp": "MLP"}
     header = ["benchmark", "formula / function", "domain"]
@@ -125,9 +130,10 @@ def markdown(ours: Mapping[str, Mapping[str, float]], table: str, chosen: Mappin
         lines.append(f"- ours {family.replace('_', ' ')} at or below the paper's {paper_label[column]}: **{at} of {total}** run")
     at, total = counts["kan_vs_mlp"]
     lines.append(f"- our KAN at or below our MLP: {at} of {total}")
-    if chosen:
-        lines.append("\nThe KAN run chosen (lowest validation RMSE of those given): " + "; ".join(
-            f"{b.name} {chosen[b.name]}" for b in TABLES[table] if b.name in chosen) + ".")
+    for family in columns if chosen else ():
+        picked = [f"{b.name} {chosen[b.name][family]}" for b in TABLES[table] if family in chosen.get(b.name, {})]
+        if picked:
+            lines.append(f"\nThe {FAMILY_NAMES[family]} run chosen (lowest validation RMSE of those given): " + "; ".join(picked) + ".")
     lines.append(
         "\nOurs: per benchmark and family the run with the lowest validation RMSE, its test RMSE "
         "(grid stage chosen by validation too). The paper's figures are the best by test RMSE over "

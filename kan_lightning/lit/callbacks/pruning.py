@@ -76,6 +76,11 @@ class Pruning(L.Callback):
         pl_module.log("prune/num_parameters", float(sum(p.numel() for p in pruned.parameters())), on_step=False, on_epoch=True)
         rank_zero_info(f"Pruning: widths {self.widths['before']} -> {self.widths['after']} at epoch {trainer.current_epoch}")
 
+    def report(self) -> dict:
+        """For the run's record: ``{at_epoch, threshold, drop_penalties, widths}`` (``widths``
+        ``{before, after}``, empty until pruned)."""
+        return {"at_epoch": self.at_epoch, "threshold": self.threshold, "drop_penalties": self.drop_penalties, "widths": dict(self.widths)}
+
     def state_dict(self) -> dict:
         return {"done": self.done, "widths": self.widths}
 
