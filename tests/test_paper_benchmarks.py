@@ -147,6 +147,25 @@ def test_feynman_preset_reduced_run(make_cfg, tmp_path):
     assert gd_cli.main([str(tmp_path / "missing")]) == 2
 
 
+def test_feynman_pruned_recipe_with_fit_lm(make_cfg, tmp_path):
+    """The preset header's pruned KAN, short: sparsify on G = 3 without the polish, prune at the
+    switch and drop the penalty, then polish the smaller network; the table names its shape."""
+    cfg = make_cfg(
+        "experiment=feynman", "fit=lm", "data.function=feynman_I.12.11", "trainer.enable_progress_bar=false", "logger=none",
+        "data.n_samples=150", "model.regularization.l1=1e-3", "model.regularization.entropy=2e-3",
+        "callbacks=[default,grid_extension,multi_start,pruning]", "callbacks.pruning.at_epoch=4",
+        "callbacks.pruning.drop_penalties=true", "trainer.max_epochs=6", "callbacks.grid_extension.grids=[3,5]",
+        "callbacks.grid_extension.at_epochs=[4]", "trainer.check_val_every_n_epoch=2", "callbacks.last_checkpoint.every_n_epochs=2",
+        "callbacks.grid_extension.polish_iterations=5", "callbacks.multi_start.restarts=1", "callbacks.multi_start.steps=1",
+    )
+    record = train(cfg)
+    assert record["status"] == "completed"
+    widths = record["callbacks"]["pruning"]["widths"]
+    assert widths["before"] == [2, 5, 1] and len(widths["after"]) == 3 and widths["after"][1] <= 5
+    label = pt.run_result(record)[2]
+    assert label.startswith(f"[2, 5, 1] pruned to {widths['after']} seed 1")
+
+
 def test_best_validation_stage_for_runs_without_keep_best():
     from kan_lightning.analysis.grid_extension_report import best_validation_stage
 
