@@ -14,9 +14,10 @@ def polish(trainer, pl_module, iterations: int, smoothness: float) -> None:
     (every DDP rank computes the same on the same data). Full-batch LBFGS stalls far above what a
     small KAN can fit (docs/results/grid_extension_numerics.md). It fits the squared error alone,
     so it is skipped while a regularization weight is non-zero (sparsification before pruning;
-    ``Pruning(drop_penalties=True)`` turns them off once it has pruned). ``smoothness``: weight of the refits' difference penalty
-    (:func:`~kan_lightning.nn.levenberg_marquardt.penalty_matrix`) added to the squared error, so
-    coefficients without data under them do not fit noise. ``iterations`` 0: nothing."""
+    ``Pruning(drop_penalties=True)`` turns them off once it has pruned). ``smoothness``: weight of
+    the refits' difference penalty (:func:`~kan_lightning.nn.levenberg_marquardt.penalty_matrix`)
+    added to the squared error, so coefficients without data under them do not fit noise.
+    ``iterations`` 0: nothing."""
     if not iterations:
         return
     model = network(pl_module)
