@@ -204,12 +204,57 @@ def test_keep_best_delivers_the_best_validation_stage(tmp_path):
     assert restored.report() == report
 
 
+class SpoilAtEpoch(L.Callback):
+    """Scrambles the spline coefficients at the end of epoch ``epoch``: the stage it ends is worse
+    than the ones before it."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                for layer in pl_module.model.layers:
+                    layer.spline_weight.add_(torch.randn_like(layer.spline_weight))
+
+
+@pytest.mark.parametrize("stage_patience", [None, 1])
+def test_stage_patience_ends_the_fit_after_a_worse_stage(stage_patience):
+    """Stage 1 (grid 5) spoiled at its last epoch: with stage_patience=1 the fit ends there, grids
+    8 and 12 are never fitted, and the delivered network is stage 0's; without it every grid runs."""
+    data, module = _toy_lbfgs_run()
+    extension = GridExtension(grids=[3, 5, 8, 12], at_epochs=[2, 4, 6], keep_best=True, stage_patience=stage_patience)
+    trainer = L.Trainer(
+        max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, precision="64-true",
+        callbacks=[SpoilAtEpoch(3), extension],
+    )
+    trainer.fit(module, datamodule=data)
+
+    stages = extension.report()["stages"]
+    assert stages[1]["val/rmse"] > stages[0]["val/rmse"]  # the spoiled stage
+    if stage_patience is None:
+        assert [s["grid"] for s in stages] == [3, 5, 8, 12] and not extension.stopped
+        return
+    assert [s["grid"] for s in stages] == [3, 5] and extension.stopped
+    assert [h["to"] for h in extension.history] == [5] and trainer.global_step <= 5
+    assert extension.delivered == stages[0] and module.model.grid_size == 3
+    assert _direct_rmse(module.model, data, "val") == pytest.approx(stages[0]["val/rmse"], rel=1e-9)
+    restored = GridExtension(grids=[3, 5, 8, 12], at_epochs=[2, 4, 6], keep_best=True, stage_patience=1)
+    restored.load_state_dict(extension.state_dict())
+    assert restored.stopped  # a resumed fit ends at once
+
+
 def test_stage_evaluation_arguments():
     with pytest.raises(ValueError, match="evaluate_splits"):
         GridExtension(grids=[3, 5], evaluate_splits=["train", "holdout"])
     with pytest.raises(ValueError, match="evaluate_splits"):
         GridExtension(grids=[3, 5], evaluate_splits=["test", "test"])
     assert GridExtension(grids=[3]).report() == {"stages": [], "history": []}
+    with pytest.raises(ValueError, match="stage_patience=1 needs keep_best"):
+        GridExtension(grids=[3, 5], stage_patience=1)
+    with pytest.raises(ValueError, match="stage_patience"):
+        GridExtension(grids=[3, 5], keep_best=True, stage_patience=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,7 +122,8 @@ def test_formulas_of_other_widths_train_in_separate_stacks(make_cfg, tmp_path):
 
 
 def test_grid_extension_options_that_cannot_stack_are_named():
-    """``patience`` cannot stack (each model would switch at its own time); the range margin can."""
+    """``patience`` and ``stage_patience`` cannot stack (each model would switch or stop at its own
+    time); the range margin can."""
     base = {"model": {"_target_": "kan_lightning.nn.KAN"}, "optimizer": {"_target_": "torch.optim.Adam"},
             "trainer": {"max_epochs": 3, "check_val_every_n_epoch": 10}}
     extension = {"_target_": "kan_lightning.lit.callbacks.GridExtension", "grids": [3, 5]}
@@ -134,4 +135,6 @@ def test_grid_extension_options_that_cannot_stack_are_named():
     assert why_not_stackable(ranged) is None
     polished = {**base, "data": data, "callbacks": {"grid_extension": {**extension, "polish_iterations": 10}}}
     assert "callbacks.grid_extension.polish_iterations=10" in why_not_stackable(polished)
+    stopping = {**base, "data": data, "callbacks": {"grid_extension": {**extension, "keep_best": True, "stage_patience": 1}}}
+    assert "callbacks.grid_extension.stage_patience=1" in why_not_stackable(stopping)
     assert "check_val_every_n_epoch" in why_not_stackable({**base, "trainer": {"max_epochs": 3, "check_val_every_n_epoch": 0}})

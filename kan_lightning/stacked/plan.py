@@ -126,6 +126,9 @@ def why_not_stackable(cfg: Mapping[str, Any]) -> str | None:
     if extension and extension.get("patience") is not None:
         # each model would switch at its own validation: the stack would no longer share a shape
         return f"callbacks.grid_extension.patience={extension.get('patience')!r} (stacked: at_epochs, at_steps or the default split)"
+    if extension and extension.get("stage_patience") is not None:
+        # each model would end its fit at its own stage
+        return f"callbacks.grid_extension.stage_patience={extension.get('stage_patience')!r} (stacked: null)"
     if extension and extension.get("polish_iterations"):
         # the Levenberg-Marquardt polish solves one model's normal equations at a time
         return f"callbacks.grid_extension.polish_iterations={extension.get('polish_iterations')!r} (stacked: 0)"

@@ -91,6 +91,10 @@ class GridExtension(L.Callback):
             toward 0); 0: the plain least-squares refit.
         polish_iterations, polish_smoothness: Levenberg-Marquardt iterations at the end of every
             stage, before it is evaluated, and its penalty weight (:func:`.polish.polish`); 0: none.
+        stage_patience: with ``keep_best``, end the fit once this many stages in a row have a
+            validation RMSE no lower than the best stage's: the finer grids are not fitted (on
+            the Feynman table, validation RMSE falls and then rises over the grids, and a
+            stage's cost grows with G). ``None``: every grid.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class GridExtension(L.Callback):
         grid_margin_range: float = 0.0,
         polish_iterations: int = 0,
         polish_smoothness: float = 0.0,
+        stage_patience: int | None = None,
     ) -> None:
         grids = [int(g) for g in grids]
         if not grids or any(g < 1 for g in grids):
@@ -164,6 +169,10 @@ class GridExtension(L.Callback):
         self.polishing = (integer("polish_iterations", polish_iterations, 0), nonnegative("polish_smoothness", polish_smoothness))
         self.refit_smoothness = nonnegative("refit_smoothness", refit_smoothness)
         self.grid_margin_range = nonnegative("grid_margin_range", grid_margin_range)
+        self.stage_patience = None if stage_patience is None else integer("stage_patience", stage_patience, 1)
+        if self.stage_patience is not None and not self.keep_best:
+            raise ValueError(f"stage_patience={stage_patience} needs keep_best=true (it counts stages worse than the best)")
+        self.stopped = False  # stage_patience ended the fit
 
     @property
     def grid_size(self) -> int:
@@ -200,7 +209,12 @@ class GridExtension(L.Callback):
         return self._pending
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.stopped:  # (also after a resume)
+            trainer.should_stop = True
+            return
         while self._due(trainer):
+            if self._stop_here(trainer, pl_module):
+                return
             self.extend(trainer, pl_module, batch)
         if self.stage_grid_updates and self.use_data:
             since = trainer.global_step - (self.history[-1]["step"] if self.history else 0)
@@ -216,6 +230,22 @@ class GridExtension(L.Callback):
         extra = {"hidden_range": self.hidden_range} if self.hidden_range != "margin" else {}
         margin = self.grid_margin + self.grid_margin_range * self.grid_size
         model.update_grid(x, keep_input_range=self.keep_input_range, margin=margin, smoothness=self.refit_smoothness, **extra)
+
+    def _stop_here(self, trainer, pl_module) -> bool:
+        """With ``stage_patience``: record the stage that ends now and end the fit if the last
+        ``stage_patience`` stages were all worse than the best one (this batch's step is the last)."""
+        if self.stage_patience is None:
+            return False
+        self.record_stage(trainer, pl_module)
+        best = self.best_stage.record
+        if best is None or self.stage - best["stage"] < self.stage_patience:
+            return False
+        self.stopped = trainer.should_stop = True
+        rank_zero_info(
+            f"GridExtension: {self.stage - best['stage']} stage(s) since the best (grid {best['grid']}, val RMSE "
+            f"{best['val/rmse']:.4g}); the grids {self.grids[self.stage + 1:]} are not fitted (stage_patience={self.stage_patience})"
+        )
+        return True
 
     def extend(self, trainer, pl_module, batch=None) -> None:
         """Move to the next grid now: refit the coefficients and rebuild the optimizers."""
@@ -270,7 +300,8 @@ class GridExtension(L.Callback):
         pl_module.log("grid/size", float(_network(pl_module).grid_size), on_step=False, on_epoch=True, sync_dist=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.record_stage(trainer, pl_module)
+        if not self.stopped:  # (a stopped fit recorded its last stage when it stopped)
+            self.record_stage(trainer, pl_module)
         if self.keep_best:
             self.best_stage.restore(trainer, pl_module, self.stages[-1] if self.stages else None)
             if self.delivered_path is not None:
@@ -370,6 +401,7 @@ class GridExtension(L.Callback):
             "wait": self._wait,
             "pending": self._pending,
             "at_epochs": self.at_epochs,
+            "stopped": self.stopped,
             **self.best_stage.state_dict(),
         }
 
@@ -380,6 +412,7 @@ class GridExtension(L.Callback):
         self._best = state_dict.get("best", math.inf)
         self._wait = state_dict.get("wait", 0)
         self._pending = state_dict.get("pending", False)
+        self.stopped = state_dict.get("stopped", False)
         self.best_stage.load_state_dict(state_dict)
         if self.at_epochs is None and self.at_steps is None and self.patience is None:
             self.at_epochs = state_dict.get("at_epochs")
