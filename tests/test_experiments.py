@@ -281,9 +281,9 @@ def test_paper_grid_extension_lm_preset_differs_only_in_the_fit(make_cfg):
     assert lm.data == base.data and lm.model == base.model and lm.optimizer == base.optimizer
     ext, base_ext = lm.callbacks.grid_extension, base.callbacks.grid_extension
     assert list(ext.grids) == list(base_ext.grids) and ext.keep_best
-    assert {k: v for k, v in ext.items() if not k.startswith("polish_")} == {
-        k: v for k, v in base_ext.items() if not k.startswith("polish_")
-    }
+    fit_keys = ("polish_iterations", "polish_smoothness", "stage_patience")
+    assert {k: v for k, v in ext.items() if k not in fit_keys} == {k: v for k, v in base_ext.items() if k not in fit_keys}
+    assert base_ext.stage_patience is None and ext.stage_patience == 1
     assert ext.polish_iterations > 0 and ext.polish_smoothness > 0 and lm.callbacks.multi_start.restarts > 0
     steps = lm.trainer.max_epochs // len(ext.grids)
     assert lm.trainer.max_epochs == steps * len(ext.grids) < base.trainer.max_epochs
