@@ -164,6 +164,10 @@ def test_feynman_pruned_recipe_with_fit_lm(make_cfg, tmp_path):
     assert widths["before"] == [2, 5, 1] and len(widths["after"]) == 3 and widths["after"][1] <= 5
     label = pt.run_result(record)[2]
     assert label.startswith(f"[2, 5, 1] pruned to {widths['after']} seed 1")
+    from kan_lightning.analysis import grid_diagnostics as gd
+
+    model, _ = gd.load_run(tmp_path, "delivered.ckpt")  # the pruned network, not the config's widths
+    assert model.layers_hidden == widths["after"]
 
 
 def test_best_validation_stage_for_runs_without_keep_best():

@@ -3,7 +3,7 @@
     python -m kan_lightning.commands.grid_diagnostics <run dir> [--ckpt last.ckpt] [--refit G]
         [--margins 0.5,1,2.5]
 
-Rebuilds the run's data (``metrics.json``'s config) and network (the checkpoint) and prints:
+Rebuilds the run's network and data from its checkpoint (as ``kan-eval`` does) and prints:
 
 - the test points with an input off some layer's grid range, and their share of the squared
   error (off the grid the B-splines run out);
@@ -23,24 +23,14 @@ from typing import Sequence
 
 import torch
 
-from kan_lightning.analysis.grid_extension_report import load_record
-
 
 def load_run(run_dir: str | Path, ckpt: str = "last.ckpt"):
-    """``(network, datamodule)`` of a finished run, in float64."""
-    from kan_lightning.data import SyntheticFunctionDataModule
-    from kan_lightning.nn import KAN
+    """``(network, datamodule)`` of a finished run, in float64: the network as the checkpoint
+    holds it (its grid size and, after pruning, its widths), the data rebuilt from its config."""
+    from kan_lightning.lit.checkpoint import datamodule_from_checkpoint, model_from_checkpoint, read_checkpoint
 
-    config = load_record(run_dir)["config"]
-    data = {k: v for k, v in config["data"].items() if k != "_target_"}
-    datamodule = SyntheticFunctionDataModule(**data)
-    datamodule.setup()
-    model_cfg = {k: v for k, v in config["model"].items() if k != "_target_"}
-    model = KAN(**model_cfg).double()
-    # weights_only: tensors and plain containers only, nothing in the file runs
-    state = torch.load(Path(run_dir) / "checkpoints" / ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")})
-    return model, datamodule
+    checkpoint = read_checkpoint(Path(run_dir) / "checkpoints" / ckpt)
+    return model_from_checkpoint(checkpoint).double(), datamodule_from_checkpoint(checkpoint)
 
 
 @torch.no_grad()
