@@ -136,14 +136,14 @@ def test_feynman_preset_reduced_run(make_cfg, tmp_path):
     from kan_lightning.analysis import grid_diagnostics as gd
     from kan_lightning.commands import grid_diagnostics as gd_cli
 
-    model, data = gd.load_run(tmp_path)
+    model, data = gd_cli.load_run(tmp_path)
     assert model.grid_size == 6 and model.layers_hidden == [3, 5, 1]
     far = torch.full((1, 3), 50.0, dtype=torch.float64)
     assert gd.off_grid(model, far).tolist() == [True] and not gd.off_grid(model, data.x_train.double()[:, :]).any()
     conditions = gd.refit_conditions(model, data.x_train.double())
     assert [len(c) for c in conditions] == [3, 5] and all(c >= 1 for row in conditions for c in row)
-    text = gd.report(tmp_path, refit=12, margins=[0.5])
-    assert "G = 6" in text and "refit to G = 12: margin 0.5:" in text and "interval:" in text
+    text = gd.report(model, data, "run", refit=12, margins=[0.5])
+    assert text.startswith("run: G = 6") and "G = 6" in text and "refit to G = 12: margin 0.5:" in text and "interval:" in text
     assert gd_cli.main([str(tmp_path / "missing")]) == 2
 
 
@@ -164,9 +164,9 @@ def test_feynman_pruned_recipe_with_fit_lm(make_cfg, tmp_path):
     assert widths["before"] == [2, 5, 1] and len(widths["after"]) == 3 and widths["after"][1] <= 5
     label = pt.run_result(record)[2]
     assert label.startswith(f"[2, 5, 1] pruned to {widths['after']} seed 1")
-    from kan_lightning.analysis import grid_diagnostics as gd
+    from kan_lightning.commands.grid_diagnostics import load_run
 
-    model, _ = gd.load_run(tmp_path, "delivered.ckpt")  # the pruned network, not the config's widths
+    model, _ = load_run(tmp_path, "delivered.ckpt")  # the pruned network, not the config's widths
     assert model.layers_hidden == widths["after"]
 
 

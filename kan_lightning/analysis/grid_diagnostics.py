@@ -3,7 +3,8 @@
     python -m kan_lightning.commands.grid_diagnostics <run dir> [--ckpt last.ckpt] [--refit G]
         [--margins 0.5,1,2.5]
 
-Rebuilds the run's network and data from its checkpoint (as ``kan-eval`` does) and prints:
+For a saved KAN and its run's data (the command rebuilds both from a checkpoint, as ``kan-eval``
+does) it reports:
 
 - the test points with an input off some layer's grid range, and their share of the squared
   error (off the grid the B-splines run out);
@@ -18,19 +19,9 @@ Rebuilds the run's network and data from its checkpoint (as ``kan-eval`` does) a
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Sequence
 
 import torch
-
-
-def load_run(run_dir: str | Path, ckpt: str = "last.ckpt"):
-    """``(network, datamodule)`` of a finished run, in float64: the network as the checkpoint
-    holds it (its grid size and, after pruning, its widths), the data rebuilt from its config."""
-    from kan_lightning.lit.checkpoint import datamodule_from_checkpoint, model_from_checkpoint, read_checkpoint
-
-    checkpoint = read_checkpoint(Path(run_dir) / "checkpoints" / ckpt)
-    return model_from_checkpoint(checkpoint).double(), datamodule_from_checkpoint(checkpoint)
 
 
 @torch.no_grad()
@@ -63,8 +54,9 @@ def _rmse(model, x, y) -> float:
         return float((model(x) - y).pow(2).mean().sqrt())
 
 
-def report(run_dir: str | Path, ckpt: str = "last.ckpt", refit: int | None = None, margins: Sequence[float] = (0.5, 1, 2.5)) -> str:
-    model, data = load_run(run_dir, ckpt)
+def report(model, data, label: str, refit: int | None = None, margins: Sequence[float] = (0.5, 1, 2.5)) -> str:
+    """The diagnostics of ``model`` (float64) on its run's ``data`` (a set-up datamodule), the
+    first line headed by ``label``."""
     x_train, x_test, y_test = data.x_train.double(), data.x_test.double(), data.y_test.double()
     with torch.no_grad():
         err = (model(x_test) - y_test).pow(2).squeeze(-1)
@@ -72,7 +64,7 @@ def report(run_dir: str | Path, ckpt: str = "last.ckpt", refit: int | None = Non
     share = float(err[off].sum() / err.sum()) if err.sum() > 0 else 0.0
     rest = float(err[~off].mean().sqrt()) if (~off).any() else float("nan")
     lines = [
-        f"{run_dir} ({ckpt}): G = {model.grid_size}, test RMSE {float(err.mean().sqrt()):.3g} (normalized units)",
+        f"{label}: G = {model.grid_size}, test RMSE {float(err.mean().sqrt()):.3g} (normalized units)",
         f"  {int(off.sum())} test points off a grid carry {100 * share:.1f}% of the squared error; RMSE of the rest {rest:.3g}",
     ]
     for l, conds in enumerate(refit_conditions(model, x_train)):

@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from kan_lightning.analysis.grid_diagnostics import report
+
+
+def load_run(run_dir: str | Path, ckpt: str = "last.ckpt"):
+    """``(network, datamodule)`` of a finished run, the network in float64 as the checkpoint
+    ``<run_dir>/checkpoints/<ckpt>`` holds it (its grid size and, after pruning, its widths),
+    the data rebuilt from its config."""
+    from kan_lightning.lit.checkpoint import datamodule_from_checkpoint, model_from_checkpoint, read_checkpoint
+
+    checkpoint = read_checkpoint(Path(run_dir) / "checkpoints" / ckpt)
+    return model_from_checkpoint(checkpoint).double(), datamodule_from_checkpoint(checkpoint)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         margins = [float(v) for v in args.margins.split(",")]
-        print(report(args.run, args.ckpt, args.refit, margins))
+        print(report(*load_run(args.run, args.ckpt), f"{args.run} ({args.ckpt})", args.refit, margins))
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from .common import check_epochs as _check_epochs
@@ -18,8 +17,7 @@ from .common import rebuild_optimizers as _rebuild
 from .common import save_checkpoint_atomically
 from .best_stage import BestStage
 from .polish import polish
-
-EVAL_SPLITS = ("train", "val", "test")
+from .stage_record import EVAL_SPLITS, stage_record
 
 
 class GridExtension(L.Callback):
@@ -318,43 +316,13 @@ class GridExtension(L.Callback):
         last stage's (for the run record, in place of the last logged values)."""
         return self.best_stage.measured
 
-    # -- stage evaluation -------------------------------------------------------------------
-
-    @torch.no_grad()
-    def split_rmse(self, pl_module, x: torch.Tensor, y: torch.Tensor) -> float:
-        """RMSE of ``pl_module``'s network on ``(x, y)`` (datamodule units) in the targets'
-        original units, accumulated in float64."""
-        model = _network(pl_module)
-        param = next(model.parameters())
-        denormalize = getattr(pl_module, "denormalize", None) or (lambda t: t)
-        total, count = 0.0, 0
-        for start in range(0, x.shape[0], self.eval_batch_size):
-            xb = x[start : start + self.eval_batch_size].to(device=param.device, dtype=param.dtype)
-            yb = y[start : start + self.eval_batch_size].to(device=param.device, dtype=param.dtype)
-            err = denormalize(model(xb)).double() - denormalize(yb).double()
-            total += float(err.pow(2).sum())
-            count += err.numel()
-        return math.sqrt(total / count) if count else math.nan
-
     def _evaluate(self, trainer, pl_module) -> dict:
-        model = _network(pl_module)
-        record = {
-            "grid": int(getattr(model, "grid_size", self.grid_size)),
-            "epoch": int(trainer.current_epoch),
-            "step": int(trainer.global_step),
-            "num_parameters": int(sum(p.numel() for p in model.parameters())),
-            # seconds since this fit started (earlier stage evaluations included: milliseconds)
-            "time_s": time.monotonic() - self._fit_start if self._fit_start is not None else None,
-        }
-        datamodule = getattr(trainer, "datamodule", None)
-        for split in self.evaluate_splits:
-            x, y = getattr(datamodule, f"x_{split}", None), getattr(datamodule, f"y_{split}", None)
-            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-                if not self._warned_no_data:
-                    self._warned_no_data = True
-                    rank_zero_info(f"GridExtension: no datamodule with x_{split}/y_{split}; stage RMSE not recorded")
-                continue
-            record[f"{split}/rmse"] = self.split_rmse(pl_module, x, y)
+        # (seconds since this fit started; earlier stage evaluations included: milliseconds)
+        seconds = time.monotonic() - self._fit_start if self._fit_start is not None else None
+        record, missing = stage_record(trainer, pl_module, self.evaluate_splits, self.eval_batch_size, seconds)
+        if missing and not self._warned_no_data:
+            self._warned_no_data = True
+            rank_zero_info(f"GridExtension: no datamodule with x_{missing[0]}/y_{missing[0]}; stage RMSE not recorded")
         return record
 
     def record_stage(self, trainer, pl_module) -> dict | None:
