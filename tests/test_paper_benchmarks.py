@@ -80,6 +80,7 @@ def _record(tmp_path, name, function, val, test, target="kan_lightning.nn.KAN", 
     }
     if pruned_to:  # what the Pruning callback reports
         record["callbacks"]["pruning"] = {"widths": {"before": [2, 5, 1], "after": pruned_to}}
+        record["config"]["model"]["regularization"] = {"l1": 1e-3, "entropy": 2e-3}
     if target.endswith("MLP"):
         record["metrics"]["val/rmse"] = val
         del record["callbacks"]
@@ -97,11 +98,11 @@ def test_collect_picks_by_validation_not_test(tmp_path, capsys):
     ours = pt.collect(find_runs([tmp_path]), "feynman", chosen)
     assert ours == {"I.6.2": {"kan": 9e-5, "kan_pruned": 5e-6, "mlp": 2e-4}}
     # run a: the KAN's lowest validation; the pruned run names the shape it was pruned to
-    assert chosen == {"I.6.2": {"kan": "[2, 5, 1] seed 2, G = 20", "kan_pruned": "[2, 5, 1] pruned to [2, 2, 1] seed 2, G = 20", "mlp": "[2, 5, 1] seed 2"}}
+    assert chosen == {"I.6.2": {"kan": "[2, 5, 1] seed 2, G = 20", "kan_pruned": "[2, 5, 1] pruned to [2, 2, 1] seed 2, G = 20, l1 0.001", "mlp": "[2, 5, 1] seed 2"}}
     assert pt_cli.main(["feynman", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "feynman.md").read_text()
     assert "**0 of 1**" in text and "The KAN run chosen (lowest validation RMSE of those given): I.6.2 [2, 5, 1] seed 2, G = 20." in text
-    assert "The pruned KAN run chosen (lowest validation RMSE of those given): I.6.2 [2, 5, 1] pruned to [2, 2, 1] seed 2, G = 20." in text
+    assert "The pruned KAN run chosen (lowest validation RMSE of those given): I.6.2 [2, 5, 1] pruned to [2, 2, 1] seed 2, G = 20, l1 0.001." in text
     assert pt_cli.main(["feynman", str(tmp_path / "missing")]) == 2
     assert "error: no such run" in capsys.readouterr().err
 

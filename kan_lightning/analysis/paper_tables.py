@@ -44,7 +44,8 @@ def run_family(record: Mapping[str, Any]) -> str:
 
 def run_result(record: Mapping[str, Any]) -> tuple[float, float, str] | None:
     """``(validation RMSE, test RMSE, label)`` of the model a run delivered, or ``None``; the
-    label names the run: widths, seed, delivered grid, and the hidden grids' range if not the default."""
+    label names the run: widths, seed, delivered grid, the hidden grids' range if not the default, and a
+    pruned run's L1 weight."""
     metrics = record.get("metrics") or {}
     test = metrics.get("test/rmse")
     delivered = delivered_stage(dict(record))
@@ -62,6 +63,9 @@ def run_result(record: Mapping[str, Any]) -> tuple[float, float, str] | None:
     hidden_range = ((config.get("callbacks") or {}).get("grid_extension") or {}).get("hidden_range", "margin")
     if hidden_range != "margin":
         label += f", {hidden_range}"
+    l1 = ((config.get("model") or {}).get("regularization") or {}).get("l1")
+    if pruned and isinstance(l1, (int, float)) and l1:  # the paper's pruned KANs take lambda 1e-2 or 1e-3
+        label += f", l1 {l1:g}"
     return float(val), float(test), label
 
 
