@@ -6,7 +6,7 @@ For each KAN ``WIDTH@G`` (float64, ``--points`` random inputs in ``[-1, 1]^d``, 
 :func:`~kan_lightning.nn.levenberg_marquardt.levenberg_marquardt` against
 :func:`reference_levenberg_marquardt` (dense ``J^T J``, LU, the dense penalty matrix) from the
 same network, alternating, ``--repeats`` times: the medians of the seconds per iteration, of the
-per-repeat ratios (after one untimed iteration of each), and the relative difference of the networks' outputs afterwards (rounding: the
+damped solves (factorizations) per iteration, of the per-repeat ratios (after one untimed iteration of each), and the relative difference of the networks' outputs afterwards (rounding: the
 Hessian is singular along each edge's scaler / coefficient trade-off, which only the damping fixes).
 
     python -m kan_lightning.commands.bench_lm
@@ -53,6 +53,7 @@ def reference_levenberg_marquardt(
     theta = torch.cat([p.detach().reshape(-1) for p in params])
     r = residual()
     before, lam, done = float(r.square().mean().sqrt()), float(damping), 0
+    solves = 0  # damped solves (Cholesky factorizations): one per trial step
     for done in range(1, iterations + 1):
         J = jacobian(model, x)
         g, H = J.T @ r, J.T @ J
@@ -61,6 +62,7 @@ def reference_levenberg_marquardt(
         scale = torch.diag(H.diagonal().clamp_min(torch.finfo(H.dtype).tiny))
         improved = False
         while lam < 1e10:
+            solves += 1
             step = torch.linalg.solve(H + lam * scale, -g)
             put(theta + step)
             r_new = residual()
@@ -71,7 +73,8 @@ def reference_levenberg_marquardt(
         put(theta)
         if not improved:
             break
-    return {"iterations": done, "damping": lam, "rmse_before": before, "rmse_after": float(r.square().mean().sqrt())}
+    rmse_after = float(r.square().mean().sqrt())
+    return {"iterations": done, "solves": solves, "damping": lam, "rmse_before": before, "rmse_after": rmse_after}
 
 
 def problem(width: list[int], grid: int, points: int) -> tuple[nn.Module, Tensor, Tensor]:
@@ -89,21 +92,23 @@ def problem(width: list[int], grid: int, points: int) -> tuple[nn.Module, Tensor
 
 def compare(width: list[int], grid: int, smoothness: float, points: int, iterations: int, repeats: int) -> dict:
     model, x, y = problem(width, grid, points)
-    times, outputs = {"reference": [], "structured": []}, {}
+    times, outputs, solves = {"reference": [], "structured": []}, {}, []
     for fit in (reference_levenberg_marquardt, levenberg_marquardt):  # warm-up: the allocator's first large blocks
         fit(copy.deepcopy(model), x, y, 1, smoothness=smoothness)
     for _ in range(repeats):
         for name, fit in (("reference", reference_levenberg_marquardt), ("structured", levenberg_marquardt)):
             net = copy.deepcopy(model)
             start = time.perf_counter()
-            done = fit(net, x, y, iterations, smoothness=smoothness)["iterations"]
-            times[name].append((time.perf_counter() - start) / done)
+            out = fit(net, x, y, iterations, smoothness=smoothness)
+            times[name].append((time.perf_counter() - start) / out["iterations"])
+            solves.append(out["solves"] / out["iterations"])
             with torch.no_grad():
                 outputs[name] = net(x)
     ref, new = outputs["reference"], outputs["structured"]
     return {"width": width, "grid": grid, "parameters": sum(p.numel() for p in model.parameters()),
             "smoothness": smoothness, "reference_s_per_iteration": round(statistics.median(times["reference"]), 4),
             "structured_s_per_iteration": round(statistics.median(times["structured"]), 4),
+            "solves_per_iteration": round(statistics.median(solves), 2),
             "speedup": round(statistics.median(a / b for a, b in zip(times["reference"], times["structured"])), 2),
             "output_relative_difference": float((ref - new).norm() / ref.norm())}
 

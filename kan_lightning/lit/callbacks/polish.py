@@ -30,6 +30,7 @@ def polish(trainer, pl_module, iterations: int, smoothness: float) -> None:
     x, y = training_set(trainer, model, "GridExtension polish_iterations")
     out = levenberg_marquardt(model, x, y, iterations, smoothness=smoothness)
     rank_zero_info(
-        f"GridExtension: Levenberg-Marquardt at grid {model.grid_size}, {out['iterations']} iterations: "
+        f"GridExtension: Levenberg-Marquardt at grid {model.grid_size}, {out['iterations']} iterations "
+        f"({out['solves']} solves): "
         f"training RMSE {out['rmse_before']:.4g} -> {out['rmse_after']:.4g}"
     )
