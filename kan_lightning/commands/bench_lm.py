@@ -6,7 +6,8 @@ For each KAN ``WIDTH@G`` (float64, ``--points`` random inputs in ``[-1, 1]^d``, 
 :func:`~kan_lightning.nn.levenberg_marquardt.levenberg_marquardt` against
 :func:`reference_levenberg_marquardt` (dense ``J^T J``, LU, the dense penalty matrix) from the
 same network, alternating, ``--repeats`` times: the medians of the seconds per iteration, of the
-damped solves (factorizations) per iteration, of the per-repeat ratios (after one untimed iteration of each), and the relative difference of the networks' outputs afterwards (rounding: the
+damped solves (factorizations) per iteration, of the per-repeat ratios (after one untimed
+iteration of each), and the relative difference of the networks' outputs afterwards (rounding: the
 Hessian is singular along each edge's scaler / coefficient trade-off, which only the damping fixes).
 
     python -m kan_lightning.commands.bench_lm

@@ -112,8 +112,8 @@ def levenberg_marquardt(
     ``(J^T J + lambda diag(J^T J)) step = -J^T r``; a step is taken only if it lowers the error,
     lambda / 3 after a success, x 4 after a failure: ~1.7 solves per iteration on the Feynman
     table, whose extra trials buy progress; Nielsen's gain-ratio rule took ~1 solve per iteration
-    and delivered a median 1.07x higher test RMSE over its 27 equations, one more above the paper). ``smoothness`` > 0 adds the difference
-    penalty of :func:`penalty_matrix` to the error. Returns ``{"iterations", "solves", "damping",
+    and delivered a median 1.07x higher test RMSE over its 27 equations, one more above the
+    paper). ``smoothness`` > 0 adds the difference penalty of :func:`penalty_matrix` to the error. Returns ``{"iterations", "solves", "damping",
     "rmse_before", "rmse_after"}`` (RMSE of the data residuals); stops early when no damping up
     to 1e10 gives a descent."""
     params = list(model.parameters())
