@@ -231,6 +231,21 @@ def test_same_seed_same_data_and_setup_is_idempotent():
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_val, b.y_val)
 
 
+def test_same_seed_same_data_under_a_float64_default_dtype():
+    # a script that sets torch's default dtype (e.g. to compare with a float64 library) must
+    # still see the points kan-train draws for the seed
+    reference = _dm(seed=2, noise_level=0.1)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        other = _dm(seed=2, noise_level=0.1)
+        other.setup()
+    finally:
+        torch.set_default_dtype(old)
+    assert other.x_train.dtype == torch.float32
+    assert torch.equal(reference.x_train, other.x_train) and torch.equal(reference.y_test, other.y_test)
+
+
 def test_different_seed_different_data():
     a, b = _dm(seed=0), _dm(seed=1)
     assert not torch.equal(a.x_train, b.x_train)

@@ -27,7 +27,8 @@ def grid_points_per_axis(n_samples: int, input_dim: int) -> int:
 
 def _sample_uniform(target: TargetFunction, n: int, generator: torch.Generator) -> Tensor:
     low, high = domain_bounds(target.domain)
-    return low + (high - low) * torch.rand(n, target.input_dim, generator=generator)
+    # float32 whatever torch's default dtype: a seed draws the same points in every process
+    return low + (high - low) * torch.rand(n, target.input_dim, generator=generator, dtype=torch.float32)
 
 
 def _sample_grid(target: TargetFunction, n: int, generator: torch.Generator) -> Tensor:
@@ -80,7 +81,7 @@ def make_dataset(
     check_finite(x, y, target.name)
     if noise_level > 0:
         scale = noise_level * y.std(correction=0)
-        y = y + scale * torch.randn(y.shape, generator=generator)
+        y = y + scale * torch.randn(y.shape, generator=generator, dtype=y.dtype)
     return x, y
 
 
