@@ -6,7 +6,10 @@ README protocol (``KAN(width, grid=3, k=3, seed=S)``, float64, ``fit(opt="LBFGS"
 stage ``--at`` into our ``KAN`` (same edge functions: coef, scale_base, scale_sp and knots copied,
 checked to 1e-12) and continue it: ``--mode lm`` by Levenberg-Marquardt
 (:mod:`kan_lightning.nn.levenberg_marquardt`), ``--mode preset`` by the preset's switches and
-full-batch LBFGS (history 100) without Lightning, from ``--at`` through the grids ``--to``:
+full-batch LBFGS (history 100) without Lightning, from ``--at`` through the grids ``--to``.
+(The figures in grid_extension_numerics.md were made when this script, which sets a float64
+default dtype first, drew other points than kan-train for the seed; samples no longer follow
+the default.)
 
     python docs/results/pykan_transplant.py --pykan --seed 1 --upto 50      # pykan's stages
     python docs/results/pykan_transplant.py --seed 1 --at 50 --mode lm --iters 200   # LM on pykan's G=50 net
