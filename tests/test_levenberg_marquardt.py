@@ -13,7 +13,7 @@ from kan_lightning.commands.bench_lm import reference_levenberg_marquardt
 from kan_lightning.lit.callbacks import GridExtension, Pruning
 from kan_lightning.nn import KAN
 from kan_lightning.nn.gauss_newton import gram, grouped_jacobian
-from kan_lightning.nn.levenberg_marquardt import jacobian, levenberg_marquardt, penalty_matrix
+from kan_lightning.nn.levenberg_marquardt import PROGRESS_WINDOW, jacobian, levenberg_marquardt, penalty_matrix
 from kan_lightning.nn.refit import difference_matrix
 
 
@@ -90,6 +90,25 @@ def test_levenberg_marquardt_recovers_a_perturbed_network():
         jacobian(KAN([2, 2]).double(), x)
 
 
+def test_min_progress_ends_at_the_first_window_that_lowers_the_error_too_little():
+    # the objective after k iterations from fresh runs of the plain method, then the first k
+    # past the window whose objective is above (1 - p) x the one PROGRESS_WINDOW iterations before
+    x = torch.rand(300, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    y = torch.exp(torch.sin(torch.pi * x[:, :1]) + x[:, 1:2] ** 2)
+    objective = {}
+    for k in range(1, 41):
+        out = levenberg_marquardt(_net(), x, y, k)
+        assert out["iterations"] == k
+        objective[k] = out["rmse_after"] ** 2 * x.shape[0]
+    p, w = 0.5, PROGRESS_WINDOW
+    expected = next(k for k in range(w + 1, 41) if objective[k] > (1 - p) * objective[k - w])
+    model = _net()
+    out = levenberg_marquardt(model, x, y, 40, min_progress=p)
+    assert out["iterations"] == expected < 40
+    assert out["rmse_after"] == pytest.approx(objective[expected] ** 0.5 / x.shape[0] ** 0.5, rel=1e-9)
+    assert levenberg_marquardt(_net(), x, y, 40, min_progress=0.0)["iterations"] == 40
+
+
 def test_penalty_matrix_is_the_refits_difference_penalty_per_edge():
     model = _net()
     x = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
@@ -135,6 +154,8 @@ def test_grid_extension_polishes_every_stage():
         GridExtension(grids=[3, 5], polish_iterations=-1)
     with pytest.raises(ValueError, match="polish_smoothness"):
         GridExtension(grids=[3, 5], polish_smoothness=-1.0)
+    with pytest.raises(ValueError, match="polish_min_progress"):
+        GridExtension(grids=[3, 5], polish_min_progress=1.0)
 
 
 def test_the_polish_waits_for_the_penalty_to_be_dropped_at_the_pruning():

@@ -104,9 +104,14 @@ def _solve_damped(h: Tensor, diagonal: Tensor, rhs: Tensor, factor: Tensor) -> T
         h.diagonal().copy_(undamped)
 
 
+# iterations over which ``min_progress`` is measured
+PROGRESS_WINDOW = 10
+
+
 @torch.no_grad()
 def levenberg_marquardt(
-    model: nn.Module, x: Tensor, y: Tensor, iterations: int, damping: float = 1e-3, smoothness: float = 0.0
+    model: nn.Module, x: Tensor, y: Tensor, iterations: int, damping: float = 1e-3, smoothness: float = 0.0,
+    min_progress: float = 0.0,
 ) -> dict:
     """Minimize ``sum (model(x) - y)^2`` in place by Levenberg-Marquardt (Marquardt's scaling:
     ``(J^T J + lambda diag(J^T J)) step = -J^T r``; a step is taken only if it lowers the error,
@@ -115,7 +120,8 @@ def levenberg_marquardt(
     and delivered a median 1.07x higher test RMSE over its 27 equations, one more above the
     paper). ``smoothness`` > 0 adds the difference penalty of :func:`penalty_matrix` to the error. Returns ``{"iterations", "solves", "damping",
     "rmse_before", "rmse_after"}`` (RMSE of the data residuals); stops early when no damping up
-    to 1e10 gives a descent."""
+    to 1e10 gives a descent, and with ``min_progress`` > 0 once the last
+    :data:`PROGRESS_WINDOW` iterations lowered the objective by less than that fraction."""
     params = list(model.parameters())
     sizes = [p.numel() for p in params]
     y = y.reshape(-1).to(params[0])
@@ -135,6 +141,7 @@ def levenberg_marquardt(
     r = residual()
     before, lam, done = float(r.square().mean().sqrt()), float(damping), 0
     solves = 0  # damped solves (Cholesky factorizations): one per trial step
+    history = []  # the objective after each iteration
     for done in range(1, iterations + 1):
         jac = grouped_jacobian(model, x)  # columns in jac.order
         if smoothness > 0 and pen is None:
@@ -157,5 +164,9 @@ def levenberg_marquardt(
         put(theta)
         if not improved:
             break
+        if min_progress > 0:
+            history.append(float(objective(r, theta)))
+            if len(history) > PROGRESS_WINDOW and history[-1] > (1 - min_progress) * history[-1 - PROGRESS_WINDOW]:
+                break
     rmse_after = float(r.square().mean().sqrt())
     return {"iterations": done, "solves": solves, "damping": lam, "rmse_before": before, "rmse_after": rmse_after}

@@ -70,6 +70,13 @@ def nonnegative(name: str, value) -> float:
     return float(value)
 
 
+def fraction(name: str, value) -> float:
+    """``value`` as a float, refused unless a number in ``[0, 1)``."""
+    if isinstance(value, bool) or not 0 <= float(value) < 1:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 def integer(name: str, value, minimum: int) -> int:
     """``value`` as an int, refused unless an integer >= ``minimum``."""
     if isinstance(value, bool) or int(value) != value or value < minimum:

@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
 from .common import check_epochs as _check_epochs
-from .common import integer, nonnegative
+from .common import fraction, integer, nonnegative
 from .common import fit_inputs as _fit_inputs
 from .common import network as _network
 from .common import rebuild_optimizers as _rebuild
@@ -89,6 +89,8 @@ class GridExtension(L.Callback):
             toward 0); 0: the plain least-squares refit.
         polish_iterations, polish_smoothness: Levenberg-Marquardt iterations at the end of every
             stage, before it is evaluated, and its penalty weight (:func:`.polish.polish`); 0: none.
+        polish_min_progress: end a polish early once 10 iterations lowered its objective by less
+            than this fraction; 0: always ``polish_iterations``.
         stage_patience: with ``keep_best``, end the fit once this many stages in a row have a
             validation RMSE no lower than the best stage's: the finer grids are not fitted (on
             the Feynman table, validation RMSE falls and then rises over the grids, and a
@@ -118,6 +120,7 @@ class GridExtension(L.Callback):
         grid_margin_range: float = 0.0,
         polish_iterations: int = 0,
         polish_smoothness: float = 0.0,
+        polish_min_progress: float = 0.0,
         stage_patience: int | None = None,
     ) -> None:
         grids = [int(g) for g in grids]
@@ -164,7 +167,11 @@ class GridExtension(L.Callback):
         self.best_stage = BestStage()  # keep_best's choice
         self.stage_grid_updates = integer("stage_grid_updates", stage_grid_updates, 0)
         self.stage_grid_update_every = integer("stage_grid_update_every", stage_grid_update_every, 1)
-        self.polishing = (integer("polish_iterations", polish_iterations, 0), nonnegative("polish_smoothness", polish_smoothness))
+        self.polishing = (
+            integer("polish_iterations", polish_iterations, 0),
+            nonnegative("polish_smoothness", polish_smoothness),
+            fraction("polish_min_progress", polish_min_progress),
+        )
         self.refit_smoothness = nonnegative("refit_smoothness", refit_smoothness)
         self.grid_margin_range = nonnegative("grid_margin_range", grid_margin_range)
         self.stage_patience = None if stage_patience is None else integer("stage_patience", stage_patience, 1)
@@ -330,7 +337,7 @@ class GridExtension(L.Callback):
         and step). Called on every rank at the same point: rank 0 computes, then broadcasts."""
         if self.stages and self.stages[-1]["stage"] == self.stage and self.stages[-1]["step"] == trainer.global_step:
             return None
-        polish(trainer, pl_module, *self.polishing)  # (iterations, penalty weight; 0: none)
+        polish(trainer, pl_module, *self.polishing)  # (iterations, penalty weight, min progress; 0: none)
         record = self._evaluate(trainer, pl_module) if trainer.is_global_zero else None
         if trainer.world_size > 1:
             record = trainer.strategy.broadcast(record, src=0)

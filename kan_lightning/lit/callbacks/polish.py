@@ -9,7 +9,7 @@ from kan_lightning.nn.levenberg_marquardt import levenberg_marquardt
 from .common import network, training_set
 
 
-def polish(trainer, pl_module, iterations: int, smoothness: float) -> None:
+def polish(trainer, pl_module, iterations: int, smoothness: float, min_progress: float = 0.0) -> None:
     """``iterations`` Levenberg-Marquardt iterations on the datamodule's ``x_train``/``y_train``
     (every DDP rank computes the same on the same data). Full-batch LBFGS stalls far above what a
     small KAN can fit (docs/results/grid_extension_numerics.md). It fits the squared error alone,
@@ -17,6 +17,7 @@ def polish(trainer, pl_module, iterations: int, smoothness: float) -> None:
     ``Pruning(drop_penalties=True)`` turns them off once it has pruned). ``smoothness``: weight of
     the refits' difference penalty (:func:`~kan_lightning.nn.levenberg_marquardt.penalty_matrix`)
     added to the squared error, so coefficients without data under them do not fit noise.
+    ``min_progress``: end early once 10 iterations lower the objective by less than this fraction.
     ``iterations`` 0: nothing."""
     if not iterations:
         return
@@ -28,7 +29,7 @@ def polish(trainer, pl_module, iterations: int, smoothness: float) -> None:
         rank_zero_info(f"GridExtension: no polish at grid {model.grid_size} while the penalty is on ({shown})")
         return
     x, y = training_set(trainer, model, "GridExtension polish_iterations")
-    out = levenberg_marquardt(model, x, y, iterations, smoothness=smoothness)
+    out = levenberg_marquardt(model, x, y, iterations, smoothness=smoothness, min_progress=min_progress)
     rank_zero_info(
         f"GridExtension: Levenberg-Marquardt at grid {model.grid_size}, {out['iterations']} iterations "
         f"({out['solves']} solves): "
