@@ -151,13 +151,14 @@ def levenberg_marquardt(
             pen.add_to(H, g, theta)
         scale = H.diagonal().clamp_min(torch.finfo(H.dtype).tiny)
         factor, step = torch.empty_like(H).mT, torch.empty_like(g)  # (LAPACK's column-major layout)
-        improved = False
+        current, improved = objective(r, theta), False  # (with the penalty, once it exists)
         while lam < 1e10:
             solves += 1
             step[jac.order] = _solve_damped(H, H.diagonal() + lam * scale, -g, factor)
             put(theta + step)
             r_new = residual()
-            if bool(torch.isfinite(r_new).all()) and objective(r_new, theta + step) < objective(r, theta):
+            trial = objective(r_new, theta + step)
+            if bool(torch.isfinite(r_new).all()) and trial < current:
                 theta, r, lam, improved = theta + step, r_new, max(lam / 3, 1e-15), True
                 break
             lam *= 4
@@ -165,7 +166,7 @@ def levenberg_marquardt(
         if not improved:
             break
         if min_progress > 0:
-            history.append(float(objective(r, theta)))
+            history.append(float(trial))
             if len(history) > PROGRESS_WINDOW and history[-1] > (1 - min_progress) * history[-1 - PROGRESS_WINDOW]:
                 break
     rmse_after = float(r.square().mean().sqrt())
