@@ -42,9 +42,10 @@ def test_jacobian_matches_autograd(extrapolate):
     torch.testing.assert_close(expected, ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("grid_size", [5, 13])  # a dense group and a chunked one
 @pytest.mark.parametrize("extrapolate", ["bases", "linear"])
-def test_gram_is_the_dense_product(extrapolate):
-    model = _net(extrapolate, grid_size=13)
+def test_gram_is_the_dense_product(extrapolate, grid_size):
+    model = _net(extrapolate, grid_size=grid_size)
     x = torch.rand(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 2.4 - 1.2
     dense = jacobian(model, x)
     grouped = grouped_jacobian(model, x)
