@@ -42,6 +42,7 @@ NOT_RUN = {
     "sweeps/special_reduced": "Results: needs the full sweeps",
     "sweeps/feynman_lm": "Results: needs the full sweeps",
     "sweeps/feynman_pruned": "Results: needs the full sweeps",
+    "sweeps/feynman_full": "Results: needs the full sweeps",
     "sweeps/special_lm": "Results: needs the full sweeps",
     "docs/results/grid_extension_ab.py": "Results: trains the toy to G = 100 (minutes)",
     "docs/results/toy_side_by_side.py": "Results: trains the toy and pykan side by side (minutes; pykan is not a dependency)",
