@@ -15,6 +15,7 @@ from kan_lightning.nn import KAN
 from kan_lightning.nn.gauss_newton import gram, grouped_jacobian
 from kan_lightning.nn.levenberg_marquardt import PROGRESS_WINDOW, jacobian, levenberg_marquardt, penalty_matrix
 from kan_lightning.nn.refit import difference_matrix
+from kan_lightning.nn.sample_space import sample_space_pays, solve_in_sample_space, symmetric_product
 
 
 def _net(extrapolate="bases", grid_size=5):
@@ -74,6 +75,57 @@ def test_levenberg_marquardt_follows_the_dense_reference(extrapolate, smoothness
     assert new_out["solves"] == ref_out["solves"] >= 5
     assert float((new - ref).norm() / ref.norm()) < 1e-8
     assert new_out["rmse_after"] == pytest.approx(ref_out["rmse_after"], rel=1e-8)
+
+
+def test_the_samples_space_solves_the_damped_system():
+    # against a dense solve of (J^T J + A) s = J^T t + c, A = Q + lambda S block-diagonal: two
+    # groups of 3 edges with 7 bases each (the penalty Q on them), a diagonal elsewhere; c = Q theta
+    # as in the fit (the penalty's gradient); the damping down to the smallest the fit takes
+    gen = torch.Generator().manual_seed(5)
+    n, p = 30, 60
+    jac = torch.randn(n, p, generator=gen, dtype=torch.float64)
+    d = difference_matrix(7, 4, dtype=torch.float64)
+    blocks = [(18, 7, 3, 1e-3 * d.T @ d), (39, 7, 3, 2e-3 * d.T @ d)]
+    q = torch.zeros(p, p, dtype=torch.float64)
+    for start, m, out, penalty in blocks:
+        for o in range(out):
+            columns = start + o + out * torch.arange(m)
+            q[columns[:, None], columns] += penalty
+    t, c = torch.randn(n, generator=gen, dtype=torch.float64), q @ torch.randn(p, generator=gen, dtype=torch.float64)
+    scale = jac.square().sum(0) + q.diagonal()
+    for lam in (1e-2, 1e-8, 1e-15):
+        a = q + torch.diag(lam * scale)
+        h = jac.T @ jac + a
+        step = solve_in_sample_space(jac, blocks, lam * scale, t, c)
+        rhs = jac.T @ t + c
+        assert float((h @ step - rhs).norm() / rhs.norm()) < 1e-10
+        if lam > 1e-10:  # below, the solution itself is ill-determined: the residual says it all
+            expected = torch.linalg.solve(h, rhs)
+            assert float((step - expected).norm() / expected.norm()) < 1e-6  # (condition ~1 / lambda)
+    a = torch.randn(7, 13, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(symmetric_product(a), a.T @ a, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("smoothness", [0.0, 1e-3])
+@pytest.mark.parametrize("extrapolate", ["bases", "linear"])
+def test_levenberg_marquardt_in_the_samples_space_follows_the_dense_reference(extrapolate, smoothness):
+    # 162 parameters on 60 points: the steps are solved in the samples' space; the same damping
+    # sequence and fit as the dense reference, up to the rounding of a singular Hessian (measured:
+    # outputs <= 3e-7 relative, on the training points and on others)
+    x = torch.rand(60, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 2.4 - 1.2
+    x_other = torch.rand(500, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    y = torch.exp(torch.sin(torch.pi * x[:, :1]) + x[:, 1:2] ** 2)
+    fits = []
+    for fit in (reference_levenberg_marquardt, levenberg_marquardt):
+        model = _net(extrapolate, 13)
+        assert sample_space_pays(x.shape[0], sum(p.numel() for p in model.parameters()))
+        out = fit(model, x, y, 8, smoothness=smoothness)
+        with torch.no_grad():
+            fits.append((torch.cat([model(x), model(x_other)]), out))
+    (ref, ref_out), (new, new_out) = fits
+    assert new_out["damping"] == ref_out["damping"] and new_out["solves"] == ref_out["solves"]
+    assert float((new - ref).norm() / ref.norm()) < 3e-6
+    assert new_out["rmse_after"] == pytest.approx(ref_out["rmse_after"], rel=1e-6)
 
 
 def test_levenberg_marquardt_recovers_a_perturbed_network():

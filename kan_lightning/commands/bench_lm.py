@@ -12,6 +12,12 @@ Hessian is singular along each edge's scaler / coefficient trade-off, which only
 
     python -m kan_lightning.commands.bench_lm
     python -m kan_lightning.commands.bench_lm --models 2,5,1@100 --smoothness 1e-9 --iterations 5
+
+``--baseline parameters``: against the structured method itself with every step solved in the
+parameters' space (the ``(P, P)`` Cholesky), i.e. what the samples' space
+(:mod:`kan_lightning.nn.sample_space`, taken with many more parameters than points) gains:
+
+    python -m kan_lightning.commands.bench_lm --baseline parameters --models "2,5,5,5,5,5,1@20 2,5,1@200" --smoothness 1e-9
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-from kan_lightning.nn import KAN
+from kan_lightning.nn import KAN, sample_space
 from kan_lightning.nn.levenberg_marquardt import jacobian, levenberg_marquardt, penalty_matrix
 
 
@@ -78,6 +84,20 @@ def reference_levenberg_marquardt(
     return {"iterations": done, "solves": solves, "damping": lam, "rmse_before": before, "rmse_after": rmse_after}
 
 
+def parameters_space_levenberg_marquardt(*args, **kwargs) -> dict:
+    """:func:`~kan_lightning.nn.levenberg_marquardt.levenberg_marquardt` with every step solved
+    in the parameters' space, whatever the shape."""
+    above = sample_space.SAMPLE_SPACE_ABOVE
+    sample_space.SAMPLE_SPACE_ABOVE = float("inf")
+    try:
+        return levenberg_marquardt(*args, **kwargs)
+    finally:
+        sample_space.SAMPLE_SPACE_ABOVE = above
+
+
+BASELINES = {"reference": reference_levenberg_marquardt, "parameters": parameters_space_levenberg_marquardt}
+
+
 def problem(width: list[int], grid: int, points: int) -> tuple[nn.Module, Tensor, Tensor]:
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(points, width[0], generator=gen, dtype=torch.float64) * 2 - 1
@@ -91,13 +111,15 @@ def problem(width: list[int], grid: int, points: int) -> tuple[nn.Module, Tensor
     return model, x, y
 
 
-def compare(width: list[int], grid: int, smoothness: float, points: int, iterations: int, repeats: int) -> dict:
+def compare(width: list[int], grid: int, smoothness: float, points: int, iterations: int, repeats: int,
+            baseline: str = "reference") -> dict:
     model, x, y = problem(width, grid, points)
     times, outputs, solves = {"reference": [], "structured": []}, {}, []
-    for fit in (reference_levenberg_marquardt, levenberg_marquardt):  # warm-up: the allocator's first large blocks
+    fits = (("reference", BASELINES[baseline]), ("structured", levenberg_marquardt))
+    for _, fit in fits:  # warm-up: the allocator's first large blocks
         fit(copy.deepcopy(model), x, y, 1, smoothness=smoothness)
     for _ in range(repeats):
-        for name, fit in (("reference", reference_levenberg_marquardt), ("structured", levenberg_marquardt)):
+        for name, fit in fits:
             net = copy.deepcopy(model)
             start = time.perf_counter()
             out = fit(net, x, y, iterations, smoothness=smoothness)
@@ -106,8 +128,8 @@ def compare(width: list[int], grid: int, smoothness: float, points: int, iterati
             with torch.no_grad():
                 outputs[name] = net(x)
     ref, new = outputs["reference"], outputs["structured"]
-    return {"width": width, "grid": grid, "parameters": sum(p.numel() for p in model.parameters()),
-            "smoothness": smoothness, "reference_s_per_iteration": round(statistics.median(times["reference"]), 4),
+    return {"width": width, "grid": grid, "parameters": sum(p.numel() for p in model.parameters()), "baseline": baseline,
+            "smoothness": smoothness, "baseline_s_per_iteration": round(statistics.median(times["reference"]), 4),
             "structured_s_per_iteration": round(statistics.median(times["structured"]), 4),
             "solves_per_iteration": round(statistics.median(solves), 2),
             "speedup": round(statistics.median(a / b for a, b in zip(times["reference"], times["structured"])), 2),
@@ -122,6 +144,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3, help="iterations per timing")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timings (medians)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--baseline", choices=sorted(BASELINES), default="reference",
+                        help="reference: dense J^T J and LU; parameters: this method without the samples' space")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -129,7 +153,7 @@ def main() -> None:
         width, grid = spec.split("@")
         for smoothness in args.smoothness.split(","):
             rows.append(compare([int(w) for w in width.split(",")], int(grid), float(smoothness), args.points,
-                                args.iterations, args.repeats))
+                                args.iterations, args.repeats, args.baseline))
             print(json.dumps(rows[-1]), flush=True)
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .gauss_newton import GroupedJacobian, gram, grouped_jacobian
 from .refit import difference_matrix
+from .sample_space import sample_space_pays, solve_in_sample_space
 
 
 def jacobian(model: nn.Module, x: Tensor) -> Tensor:
@@ -79,13 +80,27 @@ class _GroupedPenalty:
         theta = theta[self.order]
         return sum(lam * (d @ theta[c].view(-1, n)).square().sum() for c, n, lam, d, _ in self.terms)
 
-    def add_to(self, hessian: Tensor, grad: Tensor, theta: Tensor) -> None:
-        """``H += pen^T pen``, ``g += pen^T pen theta`` in the grouped order (basis-major groups)."""
+    def add_gradient(self, grad: Tensor, theta: Tensor) -> None:
+        """``g += pen^T pen theta`` in the grouped order."""
         theta = theta[self.order]
         for c, n, lam, _, dtd in self.terms:
             grad[c] += lam * (dtd @ theta[c].view(-1, n)).reshape(-1)
+
+    def add_hessian(self, hessian: Tensor) -> None:
+        """``H += pen^T pen`` in the grouped order (basis-major groups)."""
+        for c, n, lam, _, dtd in self.terms:
             m = dtd.shape[0]
             hessian[c, c].view(m, n, m, n).diagonal(dim1=1, dim2=3).add_(lam * dtd[..., None])
+
+    def add_diagonal(self, diagonal: Tensor) -> None:
+        """``d += diag(pen^T pen)`` in the grouped order."""
+        for c, n, lam, _, dtd in self.terms:
+            diagonal[c] += (lam * dtd.diagonal()).repeat_interleave(n)
+
+    def blocks(self) -> list[tuple[int, int, int, Tensor]]:
+        """``(start, n_bases, out, lam_i D^T D)`` per group: the penalty's blocks for
+        :func:`~kan_lightning.nn.sample_space.solve_in_sample_space`."""
+        return [(c.start, dtd.shape[0], n, lam * dtd) for c, n, lam, _, dtd in self.terms]
 
 
 def _solve_damped(h: Tensor, diagonal: Tensor, rhs: Tensor, factor: Tensor) -> Tensor:
@@ -102,6 +117,44 @@ def _solve_damped(h: Tensor, diagonal: Tensor, rhs: Tensor, factor: Tensor) -> T
         return torch.linalg.solve(h, rhs)
     finally:
         h.diagonal().copy_(undamped)
+
+
+class _DampedSystem:
+    """``(J^T J + pen^T pen + lambda S) step = -g`` for the trial dampings of one iteration, with
+    ``g = J^T r + pen^T pen theta`` and ``S`` the diagonal of ``J^T J + pen^T pen`` (Marquardt's
+    scale), in the grouped order: with the Gram matrix and a ``(P, P)`` Cholesky, or in the
+    samples' space where there are many more parameters than samples (:mod:`.sample_space`:
+    the same steps up to rounding)."""
+
+    def __init__(self, jac: GroupedJacobian, pen: _GroupedPenalty | None, r: Tensor, theta: Tensor) -> None:
+        self.jac, self.pen, self.r, self.hessian = jac, pen, r, None
+        self.penalty_grad = torch.zeros_like(theta)
+        if pen is not None:
+            pen.add_gradient(self.penalty_grad, theta)
+        self.grad = jac.matrix.T @ r + self.penalty_grad
+        if sample_space_pays(*jac.matrix.shape):
+            self.diagonal = jac.matrix.square().sum(0)
+            if pen is not None:
+                pen.add_diagonal(self.diagonal)
+            self.blocks = [] if pen is None else pen.blocks()
+        else:
+            self._form_hessian()
+            self.diagonal = self.hessian.diagonal().clone()
+        self.scale = self.diagonal.clamp_min(torch.finfo(self.diagonal.dtype).tiny)
+
+    def _form_hessian(self) -> None:
+        self.hessian = gram(self.jac)
+        if self.pen is not None:
+            self.pen.add_hessian(self.hessian)
+        self.factor = torch.empty_like(self.hessian).mT  # (LAPACK's column-major layout)
+
+    def solve(self, lam: float) -> Tensor:
+        if self.hessian is None:
+            step = solve_in_sample_space(self.jac.matrix, self.blocks, lam * self.scale, -self.r, -self.penalty_grad)
+            if step is not None:
+                return step
+            self._form_hessian()  # a penalty block not positive definite in rounding
+        return _solve_damped(self.hessian, self.diagonal + lam * self.scale, -self.grad, self.factor)
 
 
 # iterations over which ``min_progress`` is measured
@@ -146,15 +199,12 @@ def levenberg_marquardt(
         jac = grouped_jacobian(model, x)  # columns in jac.order
         if smoothness > 0 and pen is None:
             pen = _GroupedPenalty(model, x, smoothness, jac)
-        g, H = jac.matrix.T @ r, gram(jac)
-        if pen is not None:
-            pen.add_to(H, g, theta)
-        scale = H.diagonal().clamp_min(torch.finfo(H.dtype).tiny)
-        factor, step = torch.empty_like(H).mT, torch.empty_like(g)  # (LAPACK's column-major layout)
+        system = _DampedSystem(jac, pen, r, theta)
+        step = torch.empty_like(theta)
         current, improved = objective(r, theta), False  # (with the penalty, once it exists)
         while lam < 1e10:
             solves += 1
-            step[jac.order] = _solve_damped(H, H.diagonal() + lam * scale, -g, factor)
+            step[jac.order] = system.solve(lam)
             put(theta + step)
             r_new = residual()
             trial = objective(r_new, theta + step)
