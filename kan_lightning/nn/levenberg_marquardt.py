@@ -4,7 +4,8 @@ On the grid-extension toy, full-batch LBFGS stalls far above what the network ca
 [2, 5, 1], G = 50: training RMSE 5.5e-5 after 200 steps; 200 iterations of this from the same
 network: 7.9e-8). The Jacobian is ``(N, P)``, so this is for networks of a few thousand
 parameters at most. Each iteration forms ``J^T J`` from the Jacobian's sparsity
-(:mod:`.gauss_newton`) and solves by Cholesky.
+(:mod:`.gauss_newton`) and solves by Cholesky, or, with many more parameters than points, solves
+in the samples' space without ``J^T J`` (:mod:`.sample_space`).
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ def solve_in_sample_space(
     plain = torch.ones(p, dtype=torch.bool, device=jac.device)
     for start, n_bases, out, _ in blocks:
         plain[start:start + n_bases * out] = False
-    factors[plain] = diagonal[plain].rsqrt()
+    # a column without data or penalty (a switched-off edge) whose damping underflowed to 0: its
+    # step is 0, as its gradient is
+    factors[plain] = diagonal[plain].rsqrt().nan_to_num(posinf=0.0)
     wt = jac.T * factors[:, None]  # W^T (P, N): the diagonal part's rows here, the blocks' below
     h = rhs * factors  # L^-1 rhs
     lowers = []
