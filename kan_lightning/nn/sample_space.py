@@ -10,10 +10,9 @@ the negated residuals and ``c`` the negated penalty gradient. ``A`` is block-dia
 
 an ``(N, N)`` Cholesky factorization instead of a ``(P, P)`` one, and no ``J^T J``. Past the
 interpolation threshold (a deep KAN at G = 10-20 on 1000 points has 2-3x more parameters than
-points) this is the cheaper form: ``~N^2 P`` per trial step against ``~P^3 / 3``; measured per
-iteration (one thread, 1000 points): 2.7x at [2, 5, 5, 5, 5, 5, 1] G = 20 (2875 parameters),
-2.5x at [2, 5, 1] G = 200, 1.5x at [2, 5, 5, 5, 5, 5, 1] G = 10 (1725), 1.3x at [2, 5, 5, 1]
-G = 50 (2200); slower below ~1.6 parameters per point, where the sparse ``J^T J`` is cheap.
+points) this is the cheaper form: ``~N^2 P`` per trial step against ``~P^3 / 3``, and slower
+below ~1.6 parameters per point, where the sparse ``J^T J`` is cheap (README "Levenberg-Marquardt
+past the interpolation threshold": the figures and the command that measures them).
 """
 
 from __future__ import annotations
