@@ -79,16 +79,19 @@ class DevicePool:
 def device_lease(enabled: bool, accelerator: str, slots: int | None, pool_dir: str, timeout_s: float | None = None) -> Iterator[dict]:
     """For one job: ``{}`` when disabled; else hold a slot for the ``with`` block and yield
     ``{"slot", "start", "trainer"}``, where ``trainer`` holds the Trainer overrides that put the
-    job on its slot (``devices=[slot]`` on GPUs, nothing on CPUs)."""
+    job on its slot (nothing on CPUs). On GPUs slot ``i`` trains on GPU ``i mod n_gpus``: more
+    slots than GPUs run several small jobs per GPU (``device_pool.slots=4`` on 2 GPUs: 2 each)."""
     if not enabled:
         yield {}
         return
     with DevicePool(pool_dir, slots).lease(timeout_s) as slot:
-        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and _has_gpus())
-        yield {"slot": slot, "start": time.time(), "trainer": {"devices": [slot]} if on_gpu else {}}
+        gpus = _gpu_count()
+        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
+        # no GPU visible with accelerator=gpu: no override, Lightning's own error names the cause
+        yield {"slot": slot, "start": time.time(), "trainer": {"devices": [slot % gpus]} if on_gpu and gpus else {}}
 
 
-def _has_gpus() -> bool:
+def _gpu_count() -> int:
     import torch
 
-    return torch.cuda.is_available()
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -3,6 +3,7 @@ by a killed process comes back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kan_lightning import devices
 from kan_lightning.devices import DevicePool
 
 
@@ -70,3 +72,16 @@ def test_lease_of_killed_process_is_released(tmp_path):
 def test_bad_pool_size():
     with pytest.raises(ValueError, match="slots=0"):
         DevicePool("/tmp/unused", 0)
+
+
+@pytest.mark.parametrize("gpus, expected", [(2, [0, 1, 0, 1]), (0, [None] * 4)])
+def test_slots_beyond_the_gpus_share_them_round_robin(tmp_path, monkeypatch, gpus, expected):
+    """Four slots on two GPUs put two jobs on each; with no GPU visible no device is forced, so
+    Lightning's own error names the missing accelerator."""
+    monkeypatch.setattr(devices, "_gpu_count", lambda: gpus)
+    got = []
+    with contextlib.ExitStack() as held:  # all four slots held at once: slots 0-3
+        for _ in range(4):
+            lease = held.enter_context(devices.device_lease(True, "gpu", 4, str(tmp_path)))
+            got.append(lease["trainer"]["devices"][0] if lease["trainer"] else None)
+    assert got == expected
