@@ -11,6 +11,7 @@ from kan_lightning.data.datamodule import SyntheticFunctionDataModule
 from kan_lightning.lit import KANRegressor
 from kan_lightning.commands.bench_lm import reference_levenberg_marquardt
 from kan_lightning.lit.callbacks import GridExtension, Pruning
+from kan_lightning.lit.callbacks.polish import CHECK_EVERY, ValidationWatch
 from kan_lightning.nn import KAN
 from kan_lightning.nn.gauss_newton import gram, grouped_jacobian
 from kan_lightning.nn.levenberg_marquardt import PROGRESS_WINDOW, jacobian, levenberg_marquardt, penalty_matrix
@@ -162,6 +163,43 @@ def test_min_progress_ends_at_the_first_window_that_lowers_the_error_too_little(
     assert levenberg_marquardt(_net(), x, y, 40, min_progress=0.0)["iterations"] == 40
 
 
+def test_validation_watch_keeps_the_lowest_validation_iterate_and_stops_after_patience():
+    # noisy training targets on few points: validation falls, then rises as the fit chases the
+    # noise. The validation RMSE after k iterations from fresh runs, every CHECK_EVERY; the
+    # watched fit must stop at the first check `patience` past the lowest and hold its iterate.
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(60, 2, dtype=torch.float64, generator=g) * 2 - 1
+    f = lambda x: torch.sin(2 * x[:, :1]) + x[:, 1:2] ** 2  # noqa: E731
+    y = f(x) + 0.1 * torch.randn(60, 1, dtype=torch.float64, generator=g)
+    x_val = torch.rand(200, 2, dtype=torch.float64, generator=g) * 2 - 1
+
+    def fresh(iterations):
+        torch.manual_seed(0)
+        model = KAN([2, 3, 1], grid_size=15).double()
+        return model, levenberg_marquardt(model, x, y, iterations) if iterations else None
+
+    def val_rmse(model):
+        with torch.no_grad():
+            return float((model(x_val) - f(x_val)).square().mean().sqrt())
+
+    patience = 10
+    curve = {k: val_rmse(fresh(k)[0]) for k in range(0, 41, CHECK_EVERY)}
+    best_at = stop = 0
+    for k, value in curve.items():
+        best_at = k if value < curve[best_at] else best_at
+        if k - best_at >= patience:
+            stop = k
+            break
+    assert 0 < best_at < stop < 40  # (the case tests something: a minimum inside, a rise after)
+    torch.manual_seed(0)
+    model = KAN([2, 3, 1], grid_size=15).double()
+    watch = ValidationWatch(model, x_val, f(x_val), patience)
+    out = levenberg_marquardt(model, x, y, 40, after_iteration=watch)
+    watch.restore(out["iterations"])
+    assert (out["iterations"], watch.best_at) == (stop, best_at)
+    assert val_rmse(model) == pytest.approx(curve[best_at], rel=1e-12) == watch.best
+
+
 def test_penalty_matrix_is_the_refits_difference_penalty_per_edge():
     model = _net()
     x = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
@@ -180,12 +218,13 @@ def test_penalty_matrix_is_the_refits_difference_penalty_per_edge():
     torch.testing.assert_close(got, torch.cat(expected), rtol=1e-12, atol=1e-14)
 
 
-def _fit(polish, l1=0.0, callbacks=()):
+def _fit(polish, l1=0.0, callbacks=(), patience=None, split="train"):
     L.seed_everything(0, verbose=False)
     data = SyntheticFunctionDataModule(function="paper_exp_sin", n_samples=300, split=(0.5, 0.2, 0.3), batch_size="full", seed=3)
     model = KAN([2, 3, 1], grid_size=3, regularization={"l1": l1})
     module = KANRegressor(model, optimizer=lambda p: torch.optim.LBFGS(p, line_search_fn="strong_wolfe"))
-    extension = GridExtension(grids=[3, 5], at_epochs=[4], evaluate_splits=["train"], polish_iterations=polish)
+    extension = GridExtension(grids=[3, 5], at_epochs=[4], evaluate_splits=["train", "val"], polish_iterations=polish,
+                              polish_patience=patience)
     trainer = L.Trainer(
         max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, precision="64-true", callbacks=[extension, *callbacks],
@@ -194,7 +233,7 @@ def _fit(polish, l1=0.0, callbacks=()):
     x, y = data.x_train.double(), data.y_train.double()
     with torch.no_grad():
         final = float((module.model(x) - y).square().mean().sqrt())
-    return [s["train/rmse"] for s in extension.stages], final, module.model
+    return [s[f"{split}/rmse"] for s in extension.stages], final, module.model
 
 
 def test_grid_extension_polishes_every_stage():
@@ -209,6 +248,16 @@ def test_grid_extension_polishes_every_stage():
         GridExtension(grids=[3, 5], polish_smoothness=-1.0)
     with pytest.raises(ValueError, match="polish_min_progress"):
         GridExtension(grids=[3, 5], polish_min_progress=1.0)
+
+
+def test_polish_patience_delivers_the_polishs_lowest_validation_iterate():
+    """Stage 0 starts from the same network either way: with early stopping its validation RMSE
+    is at most that of the polish's last iterate (which the watch also considers)."""
+    plain, _, _ = _fit(40, split="val")
+    watched, _, _ = _fit(40, patience=5, split="val")
+    assert watched[0] <= plain[0]
+    with pytest.raises(ValueError, match="polish_patience"):
+        GridExtension(grids=[3, 5], polish_patience=0)
 
 
 def test_the_polish_waits_for_the_penalty_to_be_dropped_at_the_pruning():

@@ -10,6 +10,8 @@ in the samples' space without ``J^T J`` (:mod:`.sample_space`).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -165,7 +167,7 @@ PROGRESS_WINDOW = 10
 @torch.no_grad()
 def levenberg_marquardt(
     model: nn.Module, x: Tensor, y: Tensor, iterations: int, damping: float = 1e-3, smoothness: float = 0.0,
-    min_progress: float = 0.0,
+    min_progress: float = 0.0, after_iteration: Callable[[int], bool] | None = None,
 ) -> dict:
     """Minimize ``sum (model(x) - y)^2`` in place by Levenberg-Marquardt (Marquardt's scaling:
     ``(J^T J + lambda diag(J^T J)) step = -J^T r``; a step is taken only if it lowers the error,
@@ -175,7 +177,9 @@ def levenberg_marquardt(
     paper). ``smoothness`` > 0 adds the difference penalty of :func:`penalty_matrix` to the error. Returns ``{"iterations", "solves", "damping",
     "rmse_before", "rmse_after"}`` (RMSE of the data residuals); stops early when no damping up
     to 1e10 gives a descent, and with ``min_progress`` > 0 once the last
-    :data:`PROGRESS_WINDOW` iterations lowered the objective by less than that fraction."""
+    :data:`PROGRESS_WINDOW` iterations lowered the objective by less than that fraction;
+    ``after_iteration(i)``, called with the model at the ``i``-th accepted iterate, ends the fit by
+    returning ``True``."""
     params = list(model.parameters())
     sizes = [p.numel() for p in params]
     y = y.reshape(-1).to(params[0])
@@ -220,5 +224,7 @@ def levenberg_marquardt(
             history.append(float(trial))
             if len(history) > PROGRESS_WINDOW and history[-1] > (1 - min_progress) * history[-1 - PROGRESS_WINDOW]:
                 break
+        if after_iteration is not None and after_iteration(done):
+            break
     rmse_after = float(r.square().mean().sqrt())
     return {"iterations": done, "solves": solves, "damping": lam, "rmse_before": before, "rmse_after": rmse_after}

@@ -23,13 +23,13 @@ def training_inputs(trainer: L.Trainer, max_samples: int | None) -> torch.Tensor
     return x if max_samples is None else x[:max_samples]
 
 
-def training_set(trainer: L.Trainer, model: torch.nn.Module, user: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The datamodule's whole ``x_train``, ``y_train`` on ``model``'s device and dtype (identical on
-    every DDP rank); ``user`` names what needs them in the error when there are none."""
+def training_set(trainer: L.Trainer, model: torch.nn.Module, user: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """The datamodule's whole ``x_<split>``, ``y_<split>`` on ``model``'s device and dtype (identical
+    on every DDP rank); ``user`` names what needs them in the error when there are none."""
     data = getattr(trainer, "datamodule", None)
-    x, y = getattr(data, "x_train", None), getattr(data, "y_train", None)
+    x, y = getattr(data, f"x_{split}", None), getattr(data, f"y_{split}", None)
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise RuntimeError(f"{user} needs a datamodule with x_train and y_train")
+        raise RuntimeError(f"{user} needs a datamodule with x_{split} and y_{split}")
     param = next(model.parameters())
     return x.to(device=param.device, dtype=param.dtype), y.to(device=param.device, dtype=param.dtype)
 

@@ -91,6 +91,8 @@ class GridExtension(L.Callback):
             stage, before it is evaluated, and its penalty weight (:func:`.polish.polish`); 0: none.
         polish_min_progress: end a polish early once 10 iterations lowered its objective by less
             than this fraction; 0: always ``polish_iterations``.
+        polish_patience: early stopping inside each polish: keep the iterate with the lowest
+            validation RMSE (every 5 iterations) and end once this many found none lower; ``None``: off.
         stage_patience: with ``keep_best``, end the fit once this many stages in a row have a
             validation RMSE no lower than the best stage's: the finer grids are not fitted (on
             the Feynman table, validation RMSE falls and then rises over the grids, and a
@@ -121,6 +123,7 @@ class GridExtension(L.Callback):
         polish_iterations: int = 0,
         polish_smoothness: float = 0.0,
         polish_min_progress: float = 0.0,
+        polish_patience: int | None = None,
         stage_patience: int | None = None,
     ) -> None:
         grids = [int(g) for g in grids]
@@ -171,6 +174,7 @@ class GridExtension(L.Callback):
             integer("polish_iterations", polish_iterations, 0),
             nonnegative("polish_smoothness", polish_smoothness),
             fraction("polish_min_progress", polish_min_progress),
+            None if polish_patience is None else integer("polish_patience", polish_patience, 1),
         )
         self.refit_smoothness = nonnegative("refit_smoothness", refit_smoothness)
         self.grid_margin_range = nonnegative("grid_margin_range", grid_margin_range)
@@ -337,7 +341,7 @@ class GridExtension(L.Callback):
         and step). Called on every rank at the same point: rank 0 computes, then broadcasts."""
         if self.stages and self.stages[-1]["stage"] == self.stage and self.stages[-1]["step"] == trainer.global_step:
             return None
-        polish(trainer, pl_module, *self.polishing)  # (iterations, penalty weight, min progress; 0: none)
+        polish(trainer, pl_module, *self.polishing)  # (iterations, penalty weight, min progress, patience)
         record = self._evaluate(trainer, pl_module) if trainer.is_global_zero else None
         if trainer.world_size > 1:
             record = trainer.strategy.broadcast(record, src=0)
