@@ -91,6 +91,34 @@ def test_interval_grids_hold_every_input_of_the_box():
         model.update_grid(x_train, hidden_range="quantile")
 
 
+def test_deep_interval_grids_stop_at_a_few_spans_of_the_data():
+    """Depth 6: the bounds of the last hidden layers run to thousands of data spans; the grids
+    stop INTERVAL_MAX_SPANS spans past the data (a grid 10^16 wide once made a refit NaN)."""
+    from kan_lightning.nn.network import INTERVAL_MAX_SPANS
+
+    torch.manual_seed(5)
+    x = torch.rand(300, 2, dtype=torch.float64) * 2 - 1
+    model = _shaken(KAN([2, 5, 5, 5, 5, 5, 1], grid_size=5).double(), 6)
+    model.update_grid(x, grid_size=10, keep_input_range=True, hidden_range="interval")
+    interior = model.layers[0].grid_interior()
+    bounds = network_bounds(model, interior[:, 0], interior[:, -1])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    loosest = 0.0
+    with torch.no_grad():
+        activations = model.activations(x)
+    for i, (inputs, _) in enumerate(activations):
+        if i == 0:
+            continue
+        lo, hi = inputs.amin(0), inputs.amax(0)
+        span = hi - lo
+        grid = model.layers[i].grid_interior()
+        # (the refit of the layers before moves the activations by rounding only)
+        assert (grid[:, 0] >= lo - INTERVAL_MAX_SPANS * span - 1e-6 * span).all()
+        assert (grid[:, -1] <= hi + INTERVAL_MAX_SPANS * span + 1e-6 * span).all()
+        loosest = max(loosest, float(((bounds[i][1] - hi) / span).max()))
+    assert loosest > 100  # the case needs the cap
+
+
 def test_grid_extension_with_interval_ranges(tmp_path):
     """Through a real Trainer: after each switch every hidden grid holds the whole input box."""
     import lightning as L

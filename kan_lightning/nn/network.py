@@ -17,6 +17,11 @@ from .layer import KANLayer
 # how update_grid sizes the hidden layers' grids: the activations' range plus a margin, or
 # interval bounds over the whole input box
 HIDDEN_RANGES = ("margin", "interval")
+# Interval bounds add up the edges' ranges layer after layer and grow far looser than where the
+# activations go with depth (the special functions: 0.3-1.4 data spans past the data at depth
+# 2, up to 10^4 at depth 6, where a 10^16-wide grid made a refit NaN). A hidden grid covers its
+# bound only up to this many spans of the layer's data past the data on each side.
+INTERVAL_MAX_SPANS = 2.0
 
 
 class KAN(Widths, nn.Module):
@@ -123,7 +128,8 @@ class KAN(Widths, nn.Module):
         ``margin`` intervals per side (:meth:`KANLayer.update_grid`); with ``"interval"``,
         interval bounds of their inputs over the first grid's whole range (the box of network
         inputs the first layer covers, propagated through the refitted layers before them,
-        :mod:`.intervals`), so that no input from that box can leave a hidden grid.
+        :mod:`.intervals`), so that no input from that box can leave a hidden grid, up to
+        :data:`INTERVAL_MAX_SPANS` spans of the layer's inputs on ``x`` past them.
         ``smoothness``: the penalized refit of :meth:`KANLayer.update_grid`."""
         if hidden_range not in HIDDEN_RANGES:
             raise ValueError(f"hidden_range must be one of {HIDDEN_RANGES}, got {hidden_range!r}")
@@ -135,6 +141,7 @@ class KAN(Widths, nn.Module):
                     x, grid_eps, grid_size, keep_range=keep_input_range and i == 0, margin=margin, smoothness=smoothness
                 )
             else:
+                box = _capped(box, x)
                 layer.update_grid(x, grid_eps, grid_size, bounds=box, smoothness=smoothness)
             if hidden_range == "interval":
                 if i == 0:
@@ -187,3 +194,12 @@ class KAN(Widths, nn.Module):
         """Mask the edges whose mean ``|phi|`` (on ``x``, or on the grid range without data) is
         at most ``threshold``, in place; returns how many edges were newly masked."""
         return pruning.prune_edges(self, threshold, x)
+
+
+def _capped(box: tuple[Tensor, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """``box`` limited to :data:`INTERVAL_MAX_SPANS` spans of ``x`` ``(N, in)`` past its range (a
+    NaN or infinite bound, from overflow, becomes that limit)."""
+    lo, hi = x.amin(0), x.amax(0)
+    reach = INTERVAL_MAX_SPANS * (hi - lo)
+    return torch.fmax(box[0].to(lo), lo - reach), torch.fmin(box[1].to(hi), hi + reach)
+
