@@ -44,6 +44,8 @@ NOT_RUN = {
     "sweeps/feynman_pruned": "Results: needs the full sweeps",
     "sweeps/feynman_full": "Results: needs the full sweeps",
     "sweeps/special_lm": "Results: needs the full sweeps",
+    "sweeps/special_full": "Results: needs the full sweeps",
+    "sweeps/feyn_ab": "Results: needs the full sweeps",
     "docs/results/grid_extension_ab.py": "Results: trains the toy to G = 100 (minutes)",
     "docs/results/toy_side_by_side.py": "Results: trains the toy and pykan side by side (minutes; pykan is not a dependency)",
     "bench_stacked --experiment paper_grid_extension": "Results: ~10 minutes of CPU, near the per-command limit; tests/test_stacked_grid_extension.py runs stacked grid extension against separate runs",

@@ -61,8 +61,8 @@ class GridExtension(L.Callback):
             in the outermost fitted intervals instead of past the grid).
         hidden_range: with ``use_data``, how the hidden grids' ranges are set: ``"margin"`` (the
             activations' range plus ``grid_margin``) or ``"interval"`` (interval bounds over the
-            first grid's whole range, so no input from it can leave a hidden grid; see
-            :meth:`KAN.update_grid`).
+            first grid's whole range, so no input from it can leave a hidden grid, up to two
+            spans of the data past the data; see :meth:`KAN.update_grid`).
         max_samples: use at most this many training inputs.
         evaluate_splits: splits (``train``, ``val``, ``test``) whose RMSE is recorded at the end
             of every stage; ``None`` or empty: none (stages still record grid and parameters).
