@@ -23,7 +23,7 @@ def training_inputs(trainer: L.Trainer, max_samples: int | None) -> torch.Tensor
     return x if max_samples is None else x[:max_samples]
 
 
-def training_set(trainer: L.Trainer, model: torch.nn.Module, user: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+def split_tensors(trainer: L.Trainer, model: torch.nn.Module, user: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """The datamodule's whole ``x_<split>``, ``y_<split>`` on ``model``'s device and dtype (identical
     on every DDP rank); ``user`` names what needs them in the error when there are none."""
     data = getattr(trainer, "datamodule", None)

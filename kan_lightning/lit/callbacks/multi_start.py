@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from kan_lightning.lit.lean_lbfgs import lean_optimizer
 from kan_lightning.lit.module import objective
 
-from .common import integer, network, rebuild_optimizers, training_set
+from .common import integer, network, rebuild_optimizers, split_tensors
 
 
 def candidate_seed(base: int, index: int) -> int:
@@ -93,7 +93,7 @@ class MultiStart(L.Callback):
         model = network(pl_module)
         if not isinstance(getattr(model, "config", None), dict):
             raise TypeError(f"MultiStart needs a model that rebuilds from model.config (a KAN), got {type(model).__name__}")
-        x, y = training_set(trainer, model, "MultiStart")
+        x, y = split_tensors(trainer, model, "MultiStart")
         base = torch.initial_seed() if self.seed is None else self.seed
         seeds = [None] + [candidate_seed(base, i) for i in range(1, self.restarts + 1)]
         starts, losses = [], []

@@ -7,7 +7,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from kan_lightning.nn.levenberg_marquardt import levenberg_marquardt
 
-from .common import network, training_set
+from .common import network, split_tensors
 
 # iterations between two validation RMSEs of a polish with ``patience``
 CHECK_EVERY = 5
@@ -69,10 +69,10 @@ def polish(trainer, pl_module, iterations: int, smoothness: float, min_progress:
         shown = ", ".join(f"{term}={weight:g}" for term, weight in penalties.items())
         rank_zero_info(f"GridExtension: no polish at grid {model.grid_size} while the penalty is on ({shown})")
         return
-    x, y = training_set(trainer, model, "GridExtension polish_iterations")
+    x, y = split_tensors(trainer, model, "GridExtension polish_iterations")
     watch = None
     if patience is not None:
-        watch = ValidationWatch(model, *training_set(trainer, model, "GridExtension polish_patience", "val"), patience)
+        watch = ValidationWatch(model, *split_tensors(trainer, model, "GridExtension polish_patience", "val"), patience)
     out = levenberg_marquardt(model, x, y, iterations, smoothness=smoothness, min_progress=min_progress, after_iteration=watch)
     kept = ""
     if watch is not None:
