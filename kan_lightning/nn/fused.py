@@ -4,11 +4,12 @@ At small grids the dense matmul is cheap and the eager kernels' cost is elsewher
 the ``k + 1`` values into a zeroed basis matrix, the int64 slot indices, the saved tensors, and
 the fresh allocations (first-touch page faults) of each of these per step. Here
 ``torch.compile`` (inductor) fuses the knot-interval search, the basis polynomials and the
-expansion to the dense ``(N, (G + k) in)`` matrix into two loops, and the ``x``-gradient
-(interval, the ``k + 1`` derivatives, ``grad_out @ coef`` gathered at their bases, their sum)
-into one. Saved for backward: ``x``, the
-re-laid-out coefficients and the basis matrix (``4 (G + k)`` bytes per input in float32, less
-than the eager kernels' ``16 (k + 1)`` at the small grids this path is for).
+expansion to the dense ``(N, (G + k) in)`` matrix into two loops (the derivatives computed
+with the bases when a backward can follow), and the ``x``-gradient (``grad_out @ coef`` times
+the derivatives expanded to their slots, summed over the slots) into one more. Saved for
+backward: the re-laid-out coefficients, the basis matrix and the ``k + 1`` derivatives with their
+interval index (``4 (G + 2k + 2)`` bytes per input in float32, less than the eager
+kernels' ``16 (k + 1)`` at the small grids this path is for).
 
 The numbers are the eager kernels' (:mod:`kan_lightning.nn.bases`): the same interval
 decision from the actual knots, the same exact polynomials, zeros selected rather than
@@ -71,11 +72,18 @@ def _select(values: Tensor, j: Tensor, spline_order: int, n_bases: int) -> Tenso
     return out
 
 
-def _local(x: Tensor, grid: Tensor, tables: dict, spline_order: int, uniform: bool, derivatives: bool):
+def _local(x: Tensor, grid: Tensor, tables: dict, spline_order: int, uniform: bool):
     """:func:`bases._local_bases` with the grid's tables computed (and cached) outside, as a
     separate compiled loop: inlined into the expansion, the interval search and polynomials
     would be recomputed for every basis."""
-    return bases._local_bases(x, grid, spline_order, uniform, derivatives, tables)
+    return bases._local_bases(x, grid, spline_order, uniform, False, tables)
+
+
+def _local_slopes(x: Tensor, grid: Tensor, tables: dict, spline_order: int, uniform: bool):
+    """:func:`_local` with the derivatives: a function of its own, since dynamo counts its
+    recompiles (at most 8, then eager) per function, and shapes x dtypes x grid kinds already
+    make several."""
+    return bases._local_bases(x, grid, spline_order, uniform, True, tables)
 
 
 def _expand(values: Tensor, j: Tensor, spline_order: int, n_bases: int) -> Tensor:
@@ -83,26 +91,12 @@ def _expand(values: Tensor, j: Tensor, spline_order: int, n_bases: int) -> Tenso
     return _select(values, j, spline_order, n_bases).reshape(values.shape[0], -1)
 
 
-def _grad_x(x: Tensor, grid: Tensor, tables: dict, dots: Tensor, spline_order: int, uniform: bool) -> Tensor:
-    """``sum_b dots[n, b * in + i] * dB_b/dx (x[n, i])``: ``(N, in)``, in one loop: the interval
-    and the ``k + 1`` derivatives of each input, times ``dots`` gathered at their bases (an
-    input's other bases have zero derivative)."""
-    _, derivs, j, scale = bases._local_bases(x, grid, spline_order, uniform, True, tables)
-    n_bases = dots.shape[1] // x.shape[1]
-    dots = dots.view(x.shape[0], n_bases, x.shape[1])
-    grad = torch.zeros_like(x)
-    for m in range(spline_order + 1):
-        b = (j + (m - spline_order)).long()
-        inside = (b >= 0) & (b < n_bases)
-        picked = dots.gather(1, b.clamp(0, n_bases - 1).unsqueeze(1)).squeeze(1)
-        grad = grad + torch.where(inside, derivs[:, m] * picked, 0.0)
-    return grad if scale is None else grad * scale
-
-
-def _bases(x: Tensor, grid: Tensor, spline_order: int, uniform: bool, n_bases: int) -> Tensor:
-    tables = bases._grid_tables(grid, spline_order, uniform)
-    values, _, j, _ = _run("local", _local, x, grid, tables, spline_order, uniform, False)
-    return _run("expand", _expand, values, j, spline_order, n_bases)
+def _grad_x(derivs: Tensor, j: Tensor, dots: Tensor, spline_order: int, n_bases: int) -> Tensor:
+    """``sum_b dots[n, b * in + i] * dB_b/dx (x[n, i])``: ``(N, in)``, from the ``k + 1``
+    derivatives of each input expanded to its dense slots (zeros elsewhere) and one reduction
+    over the slots, read in ``dots``' own layout (a gather per derivative was 3.5x slower)."""
+    slopes = _select(derivs, j, spline_order, n_bases)
+    return (dots.view_as(slopes) * slopes).sum(1)
 
 
 def _run(name: str, fn: Callable, *args) -> Tensor:
@@ -122,31 +116,41 @@ def _run(name: str, fn: Callable, *args) -> Tensor:
 
 
 class FusedSplineContraction(torch.autograd.Function):
-    """``y = basis(x) @ coef_t.T`` with the basis and the ``x``-gradient from compiled loops."""
+    """``y = basis(x) @ coef_t.T`` with the basis and the ``x``-gradient from compiled loops.
+
+    ``grad_enabled``: whether a backward can follow (``torch.is_grad_enabled()`` of the caller;
+    inside ``forward`` it is always off). Only then are the ``k + 1`` derivatives computed with
+    the bases, in the same loop, and kept for backward: recomputing them there cost a compiled
+    call and a second interval search (up to 1.5x the whole pass on small layers)."""
 
     @staticmethod
-    def forward(ctx, x, grid, coef, spline_order, uniform):
+    def forward(ctx, x, grid, coef, spline_order, uniform, grad_enabled=True):
         n_bases = coef.shape[-1]
         grid = grid.contiguous()
-        basis = _bases(x, grid, spline_order, uniform, n_bases)
+        tables = bases._grid_tables(grid, spline_order, uniform)
+        slopes = bool(grad_enabled and ctx.needs_input_grad[0] and spline_order > 0)
+        name, local = ("local_slopes", _local_slopes) if slopes else ("local", _local)
+        values, derivs, j, scale = _run(name, local, x, grid, tables, spline_order, uniform)
+        basis = _run("expand", _expand, values, j, spline_order, n_bases)
         coef_t = coef.transpose(1, 2).reshape(coef.shape[0], -1)  # (out, (G + k) in), slot-major
-        ctx.save_for_backward(x, grid, coef_t, basis)
-        ctx.args = (spline_order, uniform, n_bases)
+        ctx.save_for_backward(coef_t, basis, derivs, j if slopes else None, scale if slopes else None)
+        ctx.args = (spline_order, n_bases, x.shape, x.dtype)
         return basis @ coef_t.T
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, grid, coef_t, basis = ctx.saved_tensors
-        spline_order, uniform, n_bases = ctx.args
+        coef_t, basis, derivs, j, scale = ctx.saved_tensors
+        spline_order, n_bases, x_shape, x_dtype = ctx.args
         grad_out = grad_out.contiguous()
         grad_x = grad_coef = None
         if ctx.needs_input_grad[0]:
-            if spline_order == 0:  # piecewise constant: zero derivative almost everywhere
-                grad_x = torch.zeros_like(x)
+            if derivs is None:  # piecewise constant: zero derivative almost everywhere
+                grad_x = grad_out.new_zeros(x_shape, dtype=x_dtype)
             else:
-                tables = bases._grid_tables(grid, spline_order, uniform)
-                grad_x = _run("grad_x", _grad_x, x, grid, tables, grad_out @ coef_t, spline_order, uniform)
+                grad_x = _run("grad_x", _grad_x, derivs, j, grad_out @ coef_t, spline_order, n_bases)
+                if scale is not None:
+                    grad_x = grad_x * scale
         if ctx.needs_input_grad[2]:
-            grad_coef = (grad_out.T @ basis).view(-1, n_bases, x.shape[1]).transpose(1, 2)
-        return grad_x, None, grad_coef, None, None
+            grad_coef = (grad_out.T @ basis).view(-1, n_bases, x_shape[1]).transpose(1, 2)
+        return grad_x, None, grad_coef, None, None, None

@@ -432,6 +432,6 @@ def _apply(x, grid, coef, spline_order, uniform, contraction):
     already. The rest of a model still compiles."""
     if contraction == "fused":
         if fused.available():
-            return fused.FusedSplineContraction.apply(x, grid, coef, spline_order, uniform)
+            return fused.FusedSplineContraction.apply(x, grid, coef, spline_order, uniform, torch.is_grad_enabled())
         contraction = "dense"
     return SplineContraction.apply(x, grid, coef, spline_order, uniform, contraction, torch.is_grad_enabled())
