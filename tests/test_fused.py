@@ -70,6 +70,27 @@ def test_falls_back_to_eager_when_the_compiler_is_missing(monkeypatch) -> None:
     torch._dynamo.reset()
 
 
+def test_derivatives_only_where_a_backward_needs_them(monkeypatch) -> None:
+    """The forward computes and keeps the x-derivatives only when x requires grad and grad mode
+    is on (not in evaluation, not for a first layer's data); the gradients are the dense kernel's."""
+    monkeypatch.setattr(fused, "COMPILE", False)  # the same functions, uncompiled
+    calls = []
+    with_slopes = fused._local_slopes
+    monkeypatch.setattr(fused, "_local_slopes", lambda *args: calls.append(1) or with_slopes(*args))
+    grid, x, coef, uniform = _case("random")
+    with torch.no_grad():
+        spline_contract(x, grid, coef, 3, uniform=uniform, contraction="fused")
+    spline_contract(x.detach(), grid, coef, 3, uniform=uniform, contraction="fused").sum().backward()
+    assert calls == []
+    grads = []
+    for contraction in ("dense", "fused"):
+        out = spline_contract(x, grid, coef, 3, uniform=uniform, contraction=contraction)
+        grads.append(torch.autograd.grad((out * out).sum(), (x, coef)))
+    assert calls == [1]
+    for a, b in zip(*grads):
+        assert (a - b).abs().max().item() <= 1e-12
+
+
 @pytest.mark.slow
 def test_training_matches_the_dense_contraction() -> None:
     """30 Adam steps of a float32 layer: the same trajectory as with the eager dense kernel."""
