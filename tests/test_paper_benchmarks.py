@@ -101,6 +101,7 @@ def test_collect_picks_by_validation_not_test(tmp_path, capsys):
     assert chosen == {"I.6.2": {"kan": "[2, 5, 1] seed 2, G = 20", "kan_pruned": "[2, 5, 1] pruned to [2, 2, 1] seed 2, G = 20, l1 0.001", "mlp": "[2, 5, 1] seed 2"}}
     assert pt_cli.main(["feynman", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "feynman.md").read_text()
+    assert "chosen by test RMSE instead, as the paper chooses: ours kan 1 of 1, ours kan pruned 1 of 1, ours mlp 0 of 1" in text
     assert "**0 of 1**" in text and "The KAN run chosen (lowest validation RMSE of those given): I.6.2 [2, 5, 1] seed 2, G = 20." in text
     assert "The pruned KAN run chosen (lowest validation RMSE of those given): I.6.2 [2, 5, 1] pruned to [2, 2, 1] seed 2, G = 20, l1 0.001." in text
     assert pt_cli.main(["feynman", str(tmp_path / "missing")]) == 2

@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no metrics.json below {', '.join(args.runs)}", file=sys.stderr)
         return 2
     chosen: dict[str, str] = {}
-    text = markdown(collect(runs, args.table, chosen), args.table, chosen)
+    by_test: dict[str, dict[str, float]] = {}
+    text = markdown(collect(runs, args.table, chosen, by_test), args.table, chosen, by_test)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
