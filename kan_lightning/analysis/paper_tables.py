@@ -95,7 +95,8 @@ def collect(
         found.setdefault(names[function], {}).setdefault(run_family(record), []).append(result)
     best = {name: {fam: best_by_validation(rs) for fam, rs in fams.items()} for name, fams in found.items()}
     if by_test is not None:
-        by_test.update({name: {fam: min(r[1] for r in rs) for fam, rs in fams.items()} for name, fams in found.items()})
+        by_test.update({name: {fam: min((r[1] for r in rs if math.isfinite(r[1])), default=math.nan) for fam, rs in fams.items()}
+                        for name, fams in found.items()})  # (NaN-safe, as best_by_validation)
     if chosen is not None:
         chosen.update({name: {fam: r[2] for fam, r in fams.items() if r} for name, fams in best.items()})
     return {name: {fam: r[1] if r else math.nan for fam, r in fams.items()} for name, fams in best.items()}

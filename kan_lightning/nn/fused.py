@@ -145,7 +145,7 @@ class FusedSplineContraction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_x = grad_coef = None
         if ctx.needs_input_grad[0]:
-            if derivs is None:  # piecewise constant: zero derivative almost everywhere
+            if derivs is None:  # (only for k = 0) piecewise constant: zero derivative almost everywhere
                 grad_x = grad_out.new_zeros(x_shape, dtype=x_dtype)
             else:
                 grad_x = _run("grad_x", _grad_x, derivs, j, grad_out @ coef_t, spline_order, n_bases)
