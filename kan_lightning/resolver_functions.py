@@ -58,6 +58,11 @@ def kan_job_dir(sweep_dir: str, number: int, task_overrides, numbered: bool = Fa
     return job_dirname(str(sweep_dir), int(number), list(task_overrides), bool(numbered))
 
 
+def kan_data_dtype(precision) -> str:
+    """The data tensors' dtype for ``trainer.precision``: float64 for a 64-bit trainer."""
+    return "float64" if str(precision).startswith("64") else "float32"
+
+
 def kan_basename(path: str) -> str:
     """The last component of ``path``: a run's name from its directory."""
     return Path(str(path)).name
@@ -73,6 +78,7 @@ RESOLVERS = {
     "kan_slurm_mem_gb": kan_slurm_mem_gb,
     "kan_job_dir": kan_job_dir,
     "kan_basename": kan_basename,
+    "kan_data_dtype": kan_data_dtype,
 }
 
 

@@ -215,7 +215,7 @@ def test_split_sizes_and_shapes():
     assert dm.x_train.shape == (700, 2) and dm.y_train.shape == (700, 1)
     assert dm.x_val.shape == (200, 2) and dm.x_test.shape == (100, 2)
     assert dm.input_dim == 2 and dm.output_dim == 1
-    assert dm.x_train.dtype == torch.float32
+    assert dm.x_train.dtype == dm.y_train.dtype == torch.float32
     assert dm.target.name == "guide_example"
     # Targets are the function of the inputs (no noise, no normalization).
     assert torch.allclose(dm.y_test, dm.target.fn(dm.x_test))
@@ -242,7 +242,6 @@ def test_same_seed_same_data_under_a_float64_default_dtype():
         other.setup()
     finally:
         torch.set_default_dtype(old)
-    assert other.x_train.dtype == torch.float32
     assert torch.equal(reference.x_train, other.x_train) and torch.equal(reference.y_test, other.y_test)
 
 
@@ -274,7 +273,8 @@ def test_normalization_fitted_on_train_only_and_round_trips():
     raw_x, raw_y = make_dataset(dm.target, 500, seed=0)
     norm = dm.normalization
     assert set(norm) == {"x_shift", "x_scale", "y_mean", "y_std"}
-    raw_train_y = dm.denormalize_y(dm.y_train)
+    raw_train_y = dm.denormalize_y(dm.y_train).double()  # (statistics are float64)
+    assert norm["y_mean"].dtype == norm["x_scale"].dtype == torch.float64
     assert torch.allclose(norm["y_mean"], raw_train_y.mean(dim=0), atol=1e-4)
     assert not torch.allclose(norm["y_mean"], raw_y.mean(dim=0), atol=1e-6)
     assert torch.allclose(dm.denormalize_y(dm.normalize_y(raw_y)), raw_y, atol=1e-5)
@@ -303,7 +303,7 @@ def test_state_dict_round_trip():
         saved = state["normalization"]
         raw_x = other.x_train * saved["x_scale"] + saved["x_shift"]
         raw_y = other.denormalize_y(other.y_train)
-        assert torch.allclose(raw_y, other.target.fn(raw_x), atol=1e-5)
+        assert torch.allclose(raw_y.double(), other.target.fn(raw_x), atol=1e-5)
     with pytest.raises(ValueError, match="normalization"):
         _dm().load_state_dict({})
 
@@ -379,3 +379,24 @@ def test_nan_targets_refused_with_count():
         make_dataset(parse_formula("log(x0)"), 100, seed=0)
     assert f"produced {len(bad)} non-finite" in str(info.value)
     assert f"first bad row {int(bad[0])}" in str(info.value)
+
+
+def test_targets_exact_in_float64_not_float32_roundings():
+    # the KAN paper's toy exp(sin(pi x) + y^2): a float64 model must see the function, not its
+    # float32 rounding (~1e-7 relative), which extrapolation past the training sample amplifies
+    dm = _dm(function="paper_exp_sin", n_samples=500, dtype="float64")
+    x = dm.x_train
+    assert x.dtype == dm.y_train.dtype == torch.float64
+    assert torch.equal(x, _dm(function="paper_exp_sin", n_samples=500).x_train.double())  # the same points
+    exact = torch.exp(torch.sin(torch.pi * x[:, :1]) + x[:, 1:] ** 2)
+    assert torch.allclose(dm.y_train, exact, rtol=1e-15, atol=0)
+    assert (dm.y_train.float().double() != dm.y_train).float().mean() > 0.9
+
+
+def test_data_dtype_follows_the_trainer_precision():
+    from kan_lightning.compose import compose_config
+
+    assert compose_config(["experiment=paper_grid_extension"]).data.dtype == "float64"  # (precision 64-true)
+    assert compose_config([]).data.dtype == "float32"
+    with pytest.raises(ValueError, match=r"dtype must be one of \['float32', 'float64'\], got 'float16'"):
+        _dm(dtype="float16")

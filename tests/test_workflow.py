@@ -503,3 +503,21 @@ def test_lbfgs_logs_the_loss_at_each_steps_starting_point():
     assert len(evaluations) > 3 * 5, "LBFGS evaluated the closure several times per step"
     flat = lambda pairs: [value for pair in pairs for value in pair]  # approx takes flat sequences
     assert flat(logged) == pytest.approx(flat(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("precision, data_dtype", [("32-true", "float64"), ("64-true", "float64"), ("64-true", "float32")])
+def test_network_trains_and_predicts_on_data_of_another_dtype(precision, data_dtype):
+    """Every batch reaches the network in its own dtype; a float64 network on float64 data fits
+    the function's float64 values (not their float32 roundings)."""
+    data = SyntheticFunctionDataModule(function="paper_exp_sin", n_samples=200, batch_size=50, dtype=data_dtype)
+    module = KANRegressor(KAN([2, 3, 1], grid_size=3))
+    trainer = _trainer(2, [], precision=precision)
+    trainer.fit(module, datamodule=data)
+    dtype = next(module.model.parameters()).dtype
+    assert dtype == (torch.float64 if precision == "64-true" else torch.float32)
+    (pred,) = trainer.predict(module, dataloaders=data.predict_dataloader())[:1]
+    assert pred.dtype == dtype and torch.isfinite(pred).all()
+    seen = []
+    module.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    trainer.validate(module, datamodule=data, verbose=False)
+    assert set(seen) == {dtype}

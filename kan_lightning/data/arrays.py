@@ -26,8 +26,10 @@ def create_dataset(
 ) -> tuple[Tensor, Tensor]:
     """Sample ``n_samples`` inputs uniformly in ``x_range`` and ``y = func(x)`` with noise.
 
-    ``func`` maps ``(N, input_dim)`` to ``(N,)`` or ``(N, 1)``; ``y`` is returned as ``(N, 1)``
-    float32. ``x_range``: one ``(low, high)`` for every input or one pair per input. The noise
+    ``func`` maps ``(N, input_dim)`` to ``(N,)`` or ``(N, 1)`` (it is called on float64 inputs);
+    ``x`` and ``y`` (``(N, 1)``) come in torch's default dtype, float32 unless set otherwise, as
+    pykan's do: after ``torch.set_default_dtype(torch.float64)`` the targets are exact to float64
+    rather than float32 roundings. ``x_range``: one ``(low, high)`` for every input or one pair per input. The noise
     is relative, as everywhere in this package: ``noise_level * std(y) * N(0, 1)``. Without
     ``seed`` the draw comes from torch's global generator (``torch.manual_seed`` makes it
     repeatable), so two calls give different points (e.g. a training and a test set).
@@ -50,7 +52,9 @@ def create_dataset(
     target = TargetFunction(name=name, fn=fn, input_dim=input_dim, domain=domain, description=name)
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))
-    return make_dataset(target, int(n_samples), seed=seed, noise_level=float(noise_level))
+    x, y = make_dataset(target, int(n_samples), seed=seed, noise_level=float(noise_level))
+    dtype = torch.get_default_dtype()
+    return x.to(dtype), y.to(dtype)
 
 
 def as_2d(t: Any, name: str) -> Tensor:

@@ -76,6 +76,16 @@ def _check_flag(name: str, value: Any) -> bool:
     return value
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[name]
+
+
 def _part_tensor(part: str, index: int) -> property:
     """A read-only property for the inputs (index 0) or targets (1) of one split part."""
     return property(lambda self: self._part(part)[index])
@@ -96,6 +106,9 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
     train/val/test split. Normalization, when enabled, is fitted on the train split only and is
     saved with checkpoints through ``state_dict``. When ``formula`` is given it takes precedence
     over ``function`` (so a formula can be set without also clearing the default function).
+    Targets and normalization are computed in float64; ``dtype`` is the tensors' dtype (kan-train
+    sets float64 for a 64-bit trainer: a float64 network fits the function, not its float32
+    rounding, which extrapolation past the training sample amplifies).
     """
 
     def __init__(
@@ -113,6 +126,7 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
         normalize_targets: bool = False,
         num_workers: int = 0,
         sampling: str = "uniform",
+        dtype: Any = "float32",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -133,6 +147,7 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
         self._sampling = sampling
         self._normalize_inputs = _check_flag("normalize_inputs", normalize_inputs)
         self._normalize_targets = _check_flag("normalize_targets", normalize_targets)
+        self._dtype = _check_dtype(dtype)
         self._raw: dict[str, tuple[Tensor, Tensor]] | None = None
         self._data: dict[str, tuple[Tensor, Tensor]] = {}
         self._norm: dict[str, Tensor] | None = None
@@ -167,7 +182,8 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
     def _apply_normalization(self) -> None:
         assert self._raw is not None
         self._data = {
-            name: (self.normalize_x(x), self.normalize_y(y)) for name, (x, y) in self._raw.items()
+            name: (self.normalize_x(x).to(self._dtype), self.normalize_y(y).to(self._dtype))
+            for name, (x, y) in self._raw.items()
         }
 
     def _ensure_setup(self) -> None:
@@ -207,7 +223,7 @@ class SyntheticFunctionDataModule(lightning.LightningDataModule):
                 f"datamodule state needs 'normalization' with keys {NORM_KEYS}, got "
                 f"{None if not isinstance(saved, dict) else sorted(saved)}"
             )
-        norm = {k: torch.as_tensor(saved[k], dtype=torch.float32).clone() for k in NORM_KEYS}
+        norm = {k: torch.as_tensor(saved[k], dtype=torch.float64).clone() for k in NORM_KEYS}
         dim = self._target.input_dim
         if norm["x_shift"].shape != (dim,) or norm["x_scale"].shape != (dim,):
             raise ValueError(

@@ -61,7 +61,12 @@ def make_dataset(
     generator: torch.Generator | None = None,
     sampling: str = "uniform",
 ) -> tuple[Tensor, Tensor]:
-    """Sample ``n_samples`` float32 points ``x`` in the target's domain and ``y = target(x)``.
+    """Sample ``n_samples`` points ``x`` in the target's domain and ``y = target(x)``, both float64.
+
+    The points are float32 draws (a seed draws the same points whatever torch's default dtype)
+    held in float64, and the targets are computed from them in float64: a float64 model then
+    fits the function itself, not its float32 rounding (an error of ~1e-7 relative, which
+    extrapolation past the training sample amplifies); a float32 model gets them correctly rounded.
 
     Noise is relative: ``y + noise_level * std(y) * N(0, 1)``, so ``noise_level=0.1`` means noise
     at 10% of the target's own spread whatever its scale. ``generator`` (if given) replaces the
@@ -72,8 +77,8 @@ def make_dataset(
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     sample = _sample_grid if sampling == "grid" else _sample_uniform
-    x = sample(target, n_samples, generator)
-    y = target.fn(x).to(torch.float32)
+    x = sample(target, n_samples, generator).to(torch.float64)
+    y = target.fn(x).to(torch.float64)
     if y.shape != (n_samples, 1):
         raise ValueError(
             f"target {target.name!r} returned shape {tuple(y.shape)}, expected ({n_samples}, 1)"
@@ -81,7 +86,8 @@ def make_dataset(
     check_finite(x, y, target.name)
     if noise_level > 0:
         scale = noise_level * y.std(correction=0)
-        y = y + scale * torch.randn(y.shape, generator=generator, dtype=y.dtype)
+        # drawn in float32 as before, so a seed keeps its noise
+        y = y + scale * torch.randn(y.shape, generator=generator, dtype=torch.float32).to(y.dtype)
     return x, y
 
 

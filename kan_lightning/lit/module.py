@@ -138,8 +138,10 @@ class KANRegressor(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
         self.run_config = run_config
-        self.register_buffer("y_mean", torch.zeros(()))
-        self.register_buffer("y_std", torch.ones(()))
+        # float64 as the datamodules' statistics (a float32 copy, made before a 64-bit trainer
+        # converts the module, would round them); applied in the prediction's own dtype
+        self.register_buffer("y_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("y_std", torch.ones((), dtype=torch.float64))
         # ModuleDict keys must not shadow Module attributes such as ``train``.
         self.metrics = nn.ModuleDict({f"{stage}_metrics": regression_metrics(stage) for stage in STAGES})
         # (global_step, batch_idx) of the last logged training batch: see _step
@@ -191,8 +193,12 @@ class KANRegressor(L.LightningModule):
     def denormalize(self, y: Tensor) -> Tensor:
         return denormalize_y(y, {"y_mean": self.y_mean, "y_std": self.y_std})
 
+    def _in_network_dtype(self, t: Tensor) -> Tensor:
+        # a datamodule of another dtype than the network (float64 samples for a float32 network)
+        return t.to(next(self.model.parameters()).dtype)
+
     def _step(self, batch: tuple[Tensor, Tensor], stage: str, batch_idx: int = 0) -> Tensor:
-        x, y = batch
+        x, y = map(self._in_network_dtype, batch)
         loss, mse, pred, penalty_terms = objective(self.model, x, y, regularize=stage == "train")
         if stage == "train":
             # LBFGS re-evaluates the closure (up to max_iter times, plus line-search trials) within
@@ -230,7 +236,7 @@ class KANRegressor(L.LightningModule):
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.denormalize(self.model(x))
+        return self.denormalize(self.model(self._in_network_dtype(x)))
 
     # -- optimization -----------------------------------------------------------------------
 
