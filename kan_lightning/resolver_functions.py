@@ -59,7 +59,8 @@ def kan_job_dir(sweep_dir: str, number: int, task_overrides, numbered: bool = Fa
 
 
 def kan_data_dtype(precision) -> str:
-    """The data tensors' dtype for ``trainer.precision``: float64 for a 64-bit trainer."""
+    """The dtype of a run's data and computations for ``trainer.precision``: float64 for a 64-bit
+    trainer (the data config, the stacked trainer and the memory estimate read it here)."""
     return "float64" if str(precision).startswith("64") else "float32"
 
 

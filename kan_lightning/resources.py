@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from kan_lightning.config_checks import KAN_TARGETS, MLP_TARGETS, ConfigError, _show, check_data, data_widths
+from kan_lightning.resolver_functions import kan_data_dtype
 
 GB = 1e9
 # The defaults of the shipped configs, used to find the key that drives an estimate.
@@ -77,7 +78,7 @@ def estimate_memory(container: Mapping[str, Any]) -> Estimate | None:
     batch = data.get("batch_size", 256)
     batch = n_train if batch == "full" else min(int(batch), n_train)
     eval_batch = max(batch, min(1024, int(data.get("n_samples", 5000))))
-    float_bytes = 8 if str((container.get("trainer") or {}).get("precision", "32")).startswith("64") else 4
+    float_bytes = 8 if kan_data_dtype((container.get("trainer") or {}).get("precision", "32")) == "float64" else 4
     pairs = list(zip(widths[:-1], widths[1:]))
     # the data set stays in memory: x and y as generated, and their split copies
     dataset = 2 * int(data.get("n_samples", 5000)) * (widths[0] + widths[-1]) * 4

@@ -29,9 +29,9 @@ def create_dataset(
     ``func`` maps ``(N, input_dim)`` to ``(N,)`` or ``(N, 1)`` (it is called on float64 inputs);
     ``x`` and ``y`` (``(N, 1)``) come in torch's default dtype, float32 unless set otherwise, as
     pykan's do: after ``torch.set_default_dtype(torch.float64)`` the targets are exact to float64
-    rather than float32 roundings. ``x_range``: one ``(low, high)`` for every input or one pair per input. The noise
-    is relative, as everywhere in this package: ``noise_level * std(y) * N(0, 1)``. Without
-    ``seed`` the draw comes from torch's global generator (``torch.manual_seed`` makes it
+    rather than float32 roundings. ``x_range``: one ``(low, high)`` for every input or one pair
+    per input. The noise is relative, as everywhere in this package: ``noise_level * std(y) *
+    N(0, 1)``. Without ``seed`` the draw comes from torch's global generator (``torch.manual_seed`` makes it
     repeatable), so two calls give different points (e.g. a training and a test set).
     """
     if isinstance(input_dim, bool) or not isinstance(input_dim, int) or input_dim < 1:

@@ -39,9 +39,11 @@ from omegaconf import DictConfig
 from torch.func import functional_call
 
 from kan_lightning.config_checks import instantiate_node
+from kan_lightning.data.datamodule import DTYPES
 from kan_lightning.lit.safety import TrainingInterrupted, raise_on_sigterm
 from kan_lightning.nn.stacked import StackedKAN, stack_key
 from kan_lightning.pipeline import delivered_metrics
+from kan_lightning.resolver_functions import kan_data_dtype
 from kan_lightning.stacked.best import BestWeights
 from kan_lightning.stacked.grid_extension import StackedGridExtension, grid_size
 from kan_lightning.stacked.jobs import Job, RunAlone, TrainingDivergedAt, claimed, job_context, job_log, log, prepare, write_interrupted
@@ -96,8 +98,7 @@ def train_stack(jobs: Sequence[Job]) -> list[Any]:
 
 
 def _dtype_device(cfg: DictConfig) -> tuple[torch.dtype, torch.device]:
-    precision = str(cfg.trainer.get("precision", "32-true"))
-    dtype = torch.float64 if precision.startswith("64") else torch.float32
+    dtype = DTYPES[kan_data_dtype(cfg.trainer.get("precision", "32-true"))]
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
     cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return dtype, torch.device("cuda" if cuda else "cpu")
