@@ -277,7 +277,8 @@ class KANTrainer:
 def load_model(path: str | Path) -> nn.Module:
     """The network saved by :meth:`KANTrainer.save` (or by ``kan-train``), mapping raw inputs to
     raw outputs: the network itself, or a :class:`NormalizedModel` around it when training
-    normalized the data. Read with ``weights_only=True``; in eval mode."""
+    normalized the data, in the dtype it was saved in (a float64 network takes float64 inputs).
+    Read with ``weights_only=True``; in eval mode."""
     record = read_model_file(path)
     model = model_from_file(record)
     normalization = record.get("normalization")

@@ -198,6 +198,26 @@ def test_save_load_round_trip(tmp_path, normalize):
     kan.load_state_dict(record["model_state_dict"])
 
 
+def test_float64_model_saved_and_loaded_in_float64(tmp_path):
+    """A float64 network comes back float64 from load_model and KANTrainer.load (a float32
+    model would round its weights: ~1e-7 relative, above what 64-bit fits reach)."""
+    torch.manual_seed(0)
+    x, y = create_dataset(target_function, 200, 2, seed=0)
+    x, y = x.double(), y.double()
+    trainer = KANTrainer(KAN([2, 4, 1], grid_size=4).double(), lr=0.02)
+    trainer.train(x, y, epochs=2, batch_size=100, verbose=False, normalize_inputs=True)
+    path = trainer.save(tmp_path / "m64.pth")
+    model = load_model(path)
+    assert next(model.parameters()).dtype == torch.float64 and model.x_shift.dtype == torch.float64
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trainer.predict(x), rtol=0, atol=0)
+    again = KANTrainer.load(path)
+    assert next(again.model.parameters()).dtype == torch.float64
+    torch.testing.assert_close(again.predict(x), trainer.predict(x), rtol=0, atol=0)
+    # ... and a float32 network stays float32
+    assert next(load_model(_trained(False)[0].save(tmp_path / "m32.pth")).parameters()).dtype == torch.float32
+
+
 def test_save_after_grid_extension_and_pruning(tmp_path):
     torch.manual_seed(0)
     x = torch.rand(200, 2) * 2 - 1

@@ -230,10 +230,18 @@ def model_from_checkpoint(checkpoint: dict[str, Any] | str | Path) -> nn.Module:
     model = build_from_plain(MODEL_CLASSES[meta["model_class"]], meta.get("model_config"), "kan_lightning.model_config")
     prefix = "model."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    if any(torch.is_tensor(v) and v.dtype == torch.float64 for v in state.values()):
-        model.double()
-    model.load_state_dict(state)
+    load_weights(model, state)
     return model
+
+
+def load_weights(model: nn.Module, state: dict[str, Any]) -> None:
+    """``state`` into ``model``, which first takes the dtype the weights were saved in:
+    ``load_state_dict`` alone would round a float64 network's weights to a float32 model's."""
+    first = next(iter(model.state_dict()), None)
+    saved = state.get(first)
+    if torch.is_tensor(saved) and saved.is_floating_point():
+        model.to(saved.dtype)
+    model.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,7 +352,8 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_file(record: dict[str, Any]) -> nn.Module:
-    """The network of a record of :func:`read_model_file`, rebuilt from this package's classes."""
+    """The network of a record of :func:`read_model_file`, rebuilt from this package's classes,
+    in the dtype it was saved in."""
     path = record.get("path", "model file")
     name = record.get("model_class")
     cls = None
@@ -358,7 +367,7 @@ def model_from_file(record: dict[str, Any]) -> nn.Module:
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{str(path)!r}: model_state_dict is not a mapping of tensors")
     try:
-        model.load_state_dict(state)
+        load_weights(model, state)
     except RuntimeError as err:
         raise ValueError(f"{str(path)!r}: its weights do not fit its model_config: {str(err).splitlines()[0]}") from None
     return model
