@@ -41,8 +41,9 @@ from kan_lightning.data.normalization import NormalizedModel, fit_normalization,
 from kan_lightning.export import export_onnx, export_torchscript
 from kan_lightning.lit import History
 from kan_lightning.lit.checkpoint import model_file_record, model_from_file, read_model_file, restore_network
-from kan_lightning.lit.module import regression_metrics
+from kan_lightning.lit.metrics import metrics_dtype, regression_metrics
 from kan_lightning.logs import quiet_library_noise, quiet_lightning
+from kan_lightning.resolver_functions import kan_data_dtype
 from kan_lightning.transfer import transfer_weights
 
 __all__ = ["KANTrainer", "NormalizedModel", "create_dataset", "load_model", "transfer_weights"]
@@ -177,8 +178,9 @@ class KANTrainer:
         set_regularization(self.model, regularize_activation, regularize_entropy)
         cfg = self._config(f"scheduler={schedule_choice(lr_schedule)}", f"callbacks={'default' if patience is None else 'early_stopping'}")
         if self.normalization is None and (normalize_inputs or normalize_targets):
-            self.normalization = fit_normalization(x_train.float(), y_train.float(), normalize_inputs, normalize_targets)
-        dtype = next(self.model.parameters()).dtype
+            self.normalization = fit_normalization(x_train.double(), y_train.double(), normalize_inputs, normalize_targets)
+        # the network's dtype once Lightning has applied the precision (64-true converts it)
+        dtype = torch.float64 if kan_data_dtype(self.precision) == "float64" else next(self.model.parameters()).dtype
         datamodule = ArrayDataModule((x_train, y_train), val, batch_size, self.normalization, self.seed, dtype)
         trainer = dict(max_epochs=epochs, accelerator=self.accelerator, devices=self.devices, precision=self.precision,
                        enable_progress_bar=verbose, enable_model_summary=verbose, default_root_dir=self.default_root_dir)
@@ -234,13 +236,14 @@ class KANTrainer:
         pred = self.predict(x).detach().cpu().double()
         if pred.shape != y.shape:
             raise ValueError(f"y has shape {tuple(y.shape)}, predictions {tuple(pred.shape)}")
-        values = regression_metrics().set_dtype(torch.float64)(pred, y.cpu().double())
+        values = regression_metrics().set_dtype(metrics_dtype("cpu"))(pred, y.cpu().double())
         return {name: float(value) for name, value in values.items()}
 
     def save(self, path: str | Path) -> Path:
-        """Save the model as a checkpoint in ``kan-train``'s format (``kan-symbolic`` and
-        :func:`load_model` read it), with the normalization, the training history and the
-        optimizer settings, as plain containers (``torch.load(..., weights_only=True)``)."""
+        """Save the model as a checkpoint in ``kan-train``'s format (:func:`load_model` and
+        :meth:`load` read it; ``kan-eval`` and ``kan-symbolic`` also need a run's data config,
+        which only ``kan-train``'s checkpoints hold), with the normalization, the training
+        history and the optimizer settings, as plain containers (``torch.load(..., weights_only=True)``)."""
         settings = {key: getattr(self, key) for key in SAVED_TRAINER_KEYS}
         record = model_file_record(self.module, normalization=self.normalization, training_history=self.history, trainer_config=settings)
         path = Path(path)
@@ -270,7 +273,8 @@ class KANTrainer:
         return export_torchscript(self.inference_module(), path, self.model.layers_hidden[0], example, atol)
 
     def export_onnx(self, path: str | Path, example: Tensor | None = None, opset_version: int = 17) -> Path:
-        """The inference network exported to ONNX (needs the ``onnx`` package)."""
+        """The inference network exported to ONNX (needs the ``onnx`` package; checked against
+        the eager one where ``onnxruntime`` is installed: :func:`kan_lightning.export.export_onnx`)."""
         return export_onnx(self.inference_module(), path, self.model.layers_hidden[0], example, opset_version)
 
 

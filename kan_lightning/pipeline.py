@@ -116,8 +116,8 @@ def callback_reports(named_callbacks: dict[str, Any]) -> dict[str, Any]:
 
 
 def delivered_metrics(metrics: dict[str, float], named_callbacks: dict[str, Any]) -> dict[str, float]:
-    """``metrics`` (the trainer's last logged values) with the figures of a network a callback
-    restored at the end of fit (``GridExtension(keep_best=True)``'s ``delivered_metrics``) in
+    """``metrics`` (the trainer's last logged values) with the figures of the network a callback
+    delivers at the end of fit (``GridExtension(keep_best=True)``'s ``delivered_metrics``) in
     place of every logged entry of the splits it measured (``train/objective`` too: it was the
     last stage's)."""
     for callback in named_callbacks.values():

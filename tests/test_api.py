@@ -11,6 +11,7 @@ from kan_lightning import KAN, KANTrainer, create_dataset
 from kan_lightning.api import NormalizedModel, load_model, transfer_weights
 from kan_lightning.ensemble import KANEnsemble, cross_validate
 from kan_lightning.lit import GridExtension
+from kan_lightning.lit.metrics import regression_metrics
 
 # The guide trains for 1000 epochs; the test keeps every argument but trains for fewer.
 GUIDE_EPOCHS = 3
@@ -140,6 +141,54 @@ def test_optimizers_by_name(name, kwargs):
     trainer.train(x[:200], y[:200], x[200:], y[200:], epochs=3, verbose=False, **kwargs)
     assert type(trainer.trainer.optimizers[0]).__name__.lower() == name.lower()
     assert trainer.evaluate(x, y) < before
+
+
+def test_grid_extension_keep_best_sees_the_validation_data():
+    """The arrays' datamodule names its splits as kan-train's does: GridExtension records the
+    validation RMSE of every stage and keep_best delivers the lowest."""
+    torch.manual_seed(0)
+    x, y = create_dataset(target_function, 400, 2, seed=0)
+    trainer = KANTrainer(KAN([2, 3, 1], grid_size=3), optimizer_name="LBFGS")
+    extension = GridExtension(grids=[3, 5, 10], at_epochs=[2, 4], keep_best=True, delivered_path=None)
+    trainer.train(x[:300], y[:300], x[300:], y[300:], epochs=6, batch_size="full", verbose=False, callbacks=[extension], grid_update=False)
+    stages, delivered = extension.report()["stages"], extension.report()["delivered"]
+    assert len(stages) == 3 and all(math.isfinite(s["val/rmse"]) for s in stages)
+    assert delivered["val/rmse"] == min(s["val/rmse"] for s in stages)
+    assert trainer.model.grid_size == delivered["grid"]
+
+
+def test_64_bit_precision_gets_float64_data():
+    """precision="64-true" converts a float32 network to float64: its data are not float32 roundings."""
+    torch.manual_seed(0)
+    x = torch.rand(200, 2, dtype=torch.float64) * 2 - 1
+    y = torch.exp(torch.sin(torch.pi * x[:, :1]) + x[:, 1:] ** 2)
+    trainer = KANTrainer(KAN([2, 3, 1]), optimizer_name="LBFGS", precision="64-true")
+    trainer.train(x[:150], y[:150], x[150:], y[150:], epochs=1, batch_size="full", verbose=False, normalize_targets=True)
+    data, norm = trainer.trainer.datamodule, trainer.normalization
+    assert next(trainer.model.parameters()).dtype == data.x_train.dtype == data.y_val.dtype == torch.float64
+    assert norm["y_mean"].dtype == torch.float64
+    torch.testing.assert_close(data.y_train, (y[:150] - norm["y_mean"]) / norm["y_std"], rtol=1e-15, atol=0)
+
+
+def _r2(pred: torch.Tensor, y: torch.Tensor) -> float:
+    return float(regression_metrics().set_dtype(torch.float64)(pred, y)["r2"])
+
+
+def test_r2_is_not_one_for_small_targets():
+    """R^2 against scikit-learn's, also where the residuals are tiny in absolute terms (R2Score
+    of torchmetrics reads 1 below a residual sum of 1e-4) and for constant targets."""
+    sklearn = pytest.importorskip("sklearn.metrics")
+    torch.manual_seed(0)
+    y = 5 + 1e-4 * torch.randn(300, 1, dtype=torch.float64)
+    for pred in (torch.full_like(y, 5.0), y + 3e-5 * torch.randn_like(y), y):
+        expected = sklearn.r2_score(y.numpy(), pred.numpy())
+        assert _r2(pred, y) == pytest.approx(expected, abs=1e-6)  # (sums of squares: SST cancels at mean / std = 5e4)
+    constant = torch.ones(10, 1, dtype=torch.float64)
+    assert _r2(constant, constant) == 1.0
+    assert _r2(constant + 0.1, constant) == 0.0
+    two = torch.randn(50, 2, dtype=torch.float64)
+    noisy = two + 0.3 * torch.randn_like(two)
+    assert _r2(noisy, two) == pytest.approx(sklearn.r2_score(two.numpy(), noisy.numpy()), rel=1e-12)
 
 
 def test_optimizer_errors():

@@ -30,6 +30,7 @@ from kan_lightning.analysis.sweep_groups import (
     write_grouped_summary,
 )
 from kan_lightning.analysis.sweeps import load_sweep
+from kan_lightning.api import load_model
 from kan_lightning.commands.sweep_summary import main as sweep_main
 from kan_lightning.data import SyntheticFunctionDataModule
 from kan_lightning.lit import GridExtension, KANRegressor
@@ -308,11 +309,26 @@ def test_paper_grid_extension_lm_is_the_toy_with_fit_lm(make_cfg):
     assert preset == composed
 
 
+def test_run_record_has_the_polished_last_stage_without_keep_best(make_cfg):
+    """The polish of the last stage runs after the last validation epoch: the run's train / val
+    figures are measured again, so they are the network's that is tested."""
+    cfg = make_cfg(
+        "experiment=paper_grid_extension", *QUIET, "data.n_samples=250", "trainer.max_epochs=6",
+        "callbacks.grid_extension.grids=[3,5]", "trainer.check_val_every_n_epoch=3",
+        "callbacks.grid_extension.polish_iterations=3", "callbacks.grid_extension.keep_best=false",
+    )
+    record = train(cfg)
+    last = record["callbacks"]["grid_extension"]["stages"][-1]
+    for split in ("train", "val", "test"):
+        assert record["metrics"][f"{split}/rmse"] == pytest.approx(last[f"{split}/rmse"], rel=1e-10), split
+
+
 def test_paper_grid_extension_reduced_run_and_report(make_cfg, tmp_path):
     cfg = make_cfg(
         "experiment=paper_grid_extension", *QUIET, "data.n_samples=250", "trainer.max_epochs=9",
         "callbacks.grid_extension.grids=[3,5,10]", "trainer.check_val_every_n_epoch=3",
         "callbacks.grid_update.stop_step=2", "callbacks.grid_update.every_n_steps=1",
+        "callbacks.grid_extension.polish_iterations=3",
     )
     record = train(cfg)
     assert record["status"] == "completed"
@@ -322,12 +338,19 @@ def test_paper_grid_extension_reduced_run_and_report(make_cfg, tmp_path):
     # the final test is of the delivered stage (lowest val RMSE) and agrees with its evaluation
     delivered = record["callbacks"]["grid_extension"]["delivered"]
     assert delivered["val/rmse"] == min(s["val/rmse"] for s in stages)
-    assert record["metrics"]["test/rmse"] == pytest.approx(delivered["test/rmse"], rel=1e-6)
-    # ... and kan-eval reads the same network back from the run's delivered checkpoint
+    # the run's figures are the delivered network's, polished after the last validation epoch,
+    # and in float64 like the network (float32 metric states would agree to ~1e-7 only)
+    for split in ("train", "val", "test"):
+        assert record["metrics"][f"{split}/rmse"] == pytest.approx(delivered[f"{split}/rmse"], rel=1e-10), split
+    # ... and kan-eval reads the same network back from the run's delivered checkpoint, and
+    # exports it (raw inputs to raw outputs) as TorchScript
     saved = record["callbacks"]["grid_extension"]["delivered_checkpoint"]
     assert saved == str(tmp_path / "checkpoints" / "delivered.ckpt")
-    eval_cfg = make_cfg(f"ckpt_path={saved}", "split=test", config_name="eval", output_dir=tmp_path / "eval")
-    assert evaluate(eval_cfg)["test/rmse"] == pytest.approx(record["metrics"]["test/rmse"], rel=1e-6)
+    eval_cfg = make_cfg(f"ckpt_path={saved}", "split=test", "export_torchscript=true", config_name="eval", output_dir=tmp_path / "eval")
+    assert evaluate(eval_cfg)["test/rmse"] == pytest.approx(record["metrics"]["test/rmse"], rel=1e-10)
+    x = torch.rand(5, 2, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "eval" / "model.pt"))(x), load_model(saved)(x))
 
     out = tmp_path / "report"
     assert ge_cli.main([str(tmp_path), "--out", str(out), "--reference", "pykan=3:1.5e-3,5:7.3e-4,10:2.2e-4"]) == 0

@@ -110,8 +110,11 @@ def training_arrays(x_train: Any, y_train: Any, x_val: Any, y_val: Any, widths: 
 
 
 class ArrayDataModule(L.LightningDataModule):
-    """Tensors as a datamodule, normalized with ``normalization`` and cast to ``dtype``:
-    ``x_train`` for grid callbacks, ``normalization`` (targets' scale) for ``KANRegressor``."""
+    """Tensors as a datamodule, normalized with ``normalization`` and cast to ``dtype``, under
+    the names kan-train's datamodule uses: ``x_train`` / ``y_train`` and ``x_val`` / ``y_val``
+    (``None`` without validation data) for the callbacks (grid updates, the grid-extension
+    stage records and ``keep_best``, the polish's patience), ``normalization`` (targets' scale)
+    for ``KANRegressor``. The normalization is applied in float64, then rounded once."""
 
     def __init__(
         self,
@@ -125,10 +128,10 @@ class ArrayDataModule(L.LightningDataModule):
         super().__init__()
         norm = normalization
         prepare = lambda x, y: (  # noqa: E731
-            (normalize_x(x, norm) if norm else x).to(dtype), (normalize_y(y, norm) if norm else y).to(dtype)
+            (normalize_x(x.double(), norm) if norm else x).to(dtype), (normalize_y(y.double(), norm) if norm else y).to(dtype)
         )
         self.x_train, self.y_train = prepare(*train)
-        self.val = prepare(*val) if val is not None else None
+        self.x_val, self.y_val = prepare(*val) if val is not None else (None, None)
         self.batch_size = batch_size
         self.normalization = {k: norm[k] for k in ("y_mean", "y_std")} if norm else {"y_mean": torch.zeros(()), "y_std": torch.ones(())}
         self.seed = seed
@@ -140,6 +143,6 @@ class ArrayDataModule(L.LightningDataModule):
         return DataLoader(TensorDataset(self.x_train, self.y_train), batch_size=self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
-        if self.val is None:
+        if self.x_val is None:
             return []  # type: ignore[return-value]
-        return DataLoader(TensorDataset(*self.val), batch_size=max(self.batch_size, 1024))
+        return DataLoader(TensorDataset(self.x_val, self.y_val), batch_size=max(self.batch_size, 1024))

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
 from kan_lightning.data.normalization import denormalize_y
 from kan_lightning.lit.closure import ReevaluatingClosure, reevaluation_is_lean
 from kan_lightning.lit.lean_lbfgs import lean_optimizer
+from kan_lightning.lit.metrics import metrics_dtype, regression_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -49,20 +49,6 @@ def grid_range_warning(x: Tensor, layer: nn.Module, tolerance: float = GRID_RANG
     )
 
 
-def regression_metrics(prefix: str | None = None) -> MetricCollection:
-    """MSE, RMSE, MAE and R^2 (named ``<prefix>/mse``... with a prefix): what this module logs,
-    and what ``KANTrainer.metrics`` reports."""
-    return MetricCollection(
-        {
-            "mse": MeanSquaredError(),
-            "rmse": MeanSquaredError(squared=False),
-            "mae": MeanAbsoluteError(),
-            "r2": R2Score(),
-        },
-        prefix=f"{prefix}/" if prefix else None,
-    )
-
-
 @torch.no_grad()
 def measure_network(
     model: nn.Module, x: Tensor, y: Tensor, stage: str, denormalize: Callable[[Tensor], Tensor], batch_size: int = 65536
@@ -72,7 +58,7 @@ def measure_network(
     logs name them: the figures of a network other than the one last logged (the grid stage
     ``GridExtension`` delivers)."""
     param = next(model.parameters())
-    metrics = regression_metrics(stage).to(param.device).set_dtype(torch.float64)
+    metrics = regression_metrics(stage).to(param.device).set_dtype(metrics_dtype(param.device))
     squared, count = 0.0, 0
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
         xb, yb = xb.to(device=param.device, dtype=param.dtype), yb.to(device=param.device, dtype=param.dtype)
@@ -161,7 +147,22 @@ class KANRegressor(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._logged_batch = None  # global_step may start over in a new fit
+        self._metrics_in_float64()
         self._warn_if_inputs_leave_grid()
+
+    def on_validation_start(self) -> None:
+        self._metrics_in_float64()
+
+    def on_test_start(self) -> None:
+        self._metrics_in_float64()
+
+    def _metrics_in_float64(self) -> None:
+        # torchmetrics ignores module.double(): without this a 64-bit run's metrics were
+        # float32 roundings. (Here, once the trainer has placed the module on its device.)
+        dtype = metrics_dtype(self.device)
+        for metrics in self.metrics.values():
+            if metrics["r2"].rss.dtype != dtype:  # (set_dtype walks every state)
+                metrics.set_dtype(dtype)
 
     def _grid_updates_planned(self) -> bool:
         """Whether a grid-update callback will adapt the grids to the data in this fit."""

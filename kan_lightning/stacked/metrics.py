@@ -7,21 +7,23 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from kan_lightning.lit.metrics import metrics_dtype, r_squared
 from kan_lightning.nn import KAN
 from kan_lightning.nn.stacked import StackedKAN
 
 
 class StackedMetrics:
     """Per model: the batch-size-weighted mean of the batch losses (as Lightning reduces logged
-    values), and MSE, RMSE, MAE, R^2 of the denormalized predictions with torchmetrics' sums:
-    the losses and R^2's sums in the compute dtype, the squared and absolute errors in float32
-    states that torchmetrics adds to in place (so also at 64-bit precision)."""
+    values), and MSE, RMSE, MAE, R^2 of the denormalized predictions from the sums
+    ``KANRegressor``'s metrics keep (:mod:`kan_lightning.lit.metrics`): the losses in the compute
+    dtype, the errors' and R^2's sums in the metrics' dtype (float64)."""
 
     def __init__(self, n_models: int, n_out: int, device: torch.device, dtype: torch.dtype) -> None:
         z = lambda *shape: torch.zeros(n_models, *shape, device=device, dtype=dtype)  # noqa: E731
+        m = lambda *shape: torch.zeros(n_models, *shape, device=device, dtype=metrics_dtype(device))  # noqa: E731
         self.loss_sum, self.count = z(), 0
-        self.sq, self.abs, self.n = z().float(), z().float(), 0
-        self.sum_obs, self.sum_sq_obs, self.rss, self.num_obs = z(n_out), z(n_out), z(n_out), 0
+        self.sq, self.abs, self.n = m(), m(), 0
+        self.sum_obs, self.sum_sq_obs, self.rss, self.num_obs = m(n_out), m(n_out), m(n_out), 0
 
     def update(self, loss: torch.Tensor, pred: torch.Tensor, target: torch.Tensor) -> None:
         """``loss (M,)``, ``pred`` and ``target`` ``(M, B, out)`` in the targets' units."""
@@ -32,6 +34,7 @@ class StackedMetrics:
         self.sq += (err * err).sum(dim=(1, 2))
         self.abs += err.abs().sum(dim=(1, 2))
         self.n += err[0].numel()
+        target = target.to(self.rss.dtype)
         self.sum_obs += target.sum(1)
         self.sum_sq_obs += (target * target).sum(1)
         self.rss += (err * err).sum(1)
@@ -39,12 +42,10 @@ class StackedMetrics:
 
     def compute(self, stage: str) -> list[dict[str, float]]:
         mse = self.sq / self.n
-        mean_obs = self.sum_obs / self.num_obs
-        r2 = (1 - self.rss / (self.sum_sq_obs - self.sum_obs * mean_obs)).mean(-1)
+        r2 = r_squared(self.sum_obs, self.sum_sq_obs, self.rss, self.num_obs)
         values = {"loss": self.loss_sum / self.count, "mse": mse, "rmse": mse.sqrt(), "mae": self.abs / self.n, "r2": r2}
         columns = {f"{stage}/{k}": v.tolist() for k, v in values.items()}
         return [{k: v[m] for k, v in columns.items()} for m in range(len(self.loss_sum))]
-
 
 
 def batches(n: int, batch_size: Any) -> list[slice]:

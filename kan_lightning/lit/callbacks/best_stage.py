@@ -15,7 +15,7 @@ from .common import rebuild_optimizers as _rebuild
 
 class BestStage:
     """The best stage so far: its record (``record``), a copy of its network's state and widths;
-    after :meth:`restore`, the restored network's ``train/*`` and ``val/*`` figures
+    after :meth:`restore`, the delivered network's ``train/*`` and ``val/*`` figures
     (``measured``)."""
 
     def __init__(self) -> None:
@@ -38,18 +38,21 @@ class BestStage:
             self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def restore(self, trainer, pl_module, last: dict | None) -> None:
-        """Load the best stage's network (its grids too) unless ``last``, the current one, is it."""
+        """Load the best stage's network (its grids too) unless ``last``, the current one, is it;
+        measure the delivered network either way (the last stage's polish ran after the last
+        validation epoch, so even its logged figures are not the delivered network's)."""
         if self.record is None or self._state is None:
             rank_zero_info("GridExtension: keep_best found no finite validation RMSE; delivering the last stage")
             return
         if last is not None and last["stage"] == self.record["stage"] and last["step"] == self.record["step"]:
+            self.measured = self.measure(trainer, pl_module)
             return
         model = _network(pl_module)
         model.load_state_dict(self._state)
         if isinstance(getattr(model, "config", None), dict) and "grid_size" in model.config:
             model.config["grid_size"] = model.grid_size
         _rebuild(pl_module)  # the optimizers held the last stage's parameters
-        self.measured = self._measure(trainer, pl_module)
+        self.measured = self.measure(trainer, pl_module)
         rank_zero_info(
             f"GridExtension: delivering stage {self.record['stage']} (grid {self.record['grid']}, "
             f"val RMSE {self.record['val/rmse']:.4g}); the last stage had val RMSE "
@@ -57,10 +60,11 @@ class BestStage:
         )
 
     @staticmethod
-    def _measure(trainer, pl_module) -> dict[str, float]:
-        """The restored network's ``train/*`` and ``val/*`` epoch metrics and ``grid/size``: the
-        trainer's last logged ones are the last stage's, and the run record must not pair them
-        with the delivered network's test figures."""
+    def measure(trainer, pl_module) -> dict[str, float]:
+        """The delivered network's ``train/*`` and ``val/*`` epoch metrics and ``grid/size``: the
+        trainer's last logged ones are from the last validation epoch, before the last stage's
+        polish (and of another network when an earlier stage is delivered), and the run record
+        must not pair them with the delivered network's test figures."""
         model = _network(pl_module)
         measured = {"grid/size": float(model.grid_size)}
         datamodule = getattr(trainer, "datamodule", None)

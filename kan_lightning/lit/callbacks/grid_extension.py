@@ -73,8 +73,9 @@ class GridExtension(L.Callback):
             stage was worse, so a finer grid never makes the delivered model worse on
             validation. Selection never looks at ``test``. :meth:`report` adds ``delivered``.
         delivered_path: with ``keep_best``, where the delivered network is saved at the end of fit
-            (a checkpoint ``kan-eval`` and ``kan-symbolic`` read; ``last.ckpt`` holds the last
-            stage); :meth:`report` adds ``delivered_checkpoint``. ``None``: not saved.
+            (a checkpoint ``kan-eval`` and ``kan-symbolic`` read; ``last.ckpt`` and the best one are
+            saved at epoch ends, before a stage's polish); :meth:`report` adds
+            ``delivered_checkpoint``. ``None``: not saved.
         stage_grid_updates: with ``use_data``, in every stage also fit the grids to the training
             inputs (as at a switch) every ``stage_grid_update_every`` steps during its first
             ``stage_grid_updates * stage_grid_update_every`` steps (pykan's ``fit`` does 10 every
@@ -315,6 +316,8 @@ class GridExtension(L.Callback):
             self.best_stage.restore(trainer, pl_module, self.stages[-1] if self.stages else None)
             if self.delivered_path is not None:
                 save_checkpoint_atomically(trainer, self.delivered_path)
+        elif self.polishing[0]:  # the last stage was polished after the last validation epoch
+            self.best_stage.measured = self.best_stage.measure(trainer, pl_module)
 
     @property
     def delivered(self) -> dict | None:
@@ -323,8 +326,8 @@ class GridExtension(L.Callback):
 
     @property
     def delivered_metrics(self) -> dict[str, float]:
-        """The delivered network's ``train/*``, ``val/*`` and ``grid/size`` where it is not the
-        last stage's (for the run record, in place of the last logged values)."""
+        """The delivered network's ``train/*``, ``val/*`` and ``grid/size``, measured at the end of
+        fit (``keep_best``, or a polish): for the run record, in place of the last logged values."""
         return self.best_stage.measured
 
     def _evaluate(self, trainer, pl_module) -> dict:
