@@ -65,8 +65,13 @@ def export_torchscript(module: nn.Module, path: str | Path, input_dim: int, exam
     return path
 
 
-def export_onnx(module: nn.Module, path: str | Path, input_dim: int, example: Tensor | None = None, opset_version: int = 17) -> Path:
-    """Export ``module`` to ONNX at ``path`` (needs the ``onnx`` package), batch size dynamic."""
+def export_onnx(
+    module: nn.Module, path: str | Path, input_dim: int, example: Tensor | None = None, opset_version: int = 17, atol: float = 1e-6
+) -> Path:
+    """Export ``module`` to ONNX at ``path`` (needs the ``onnx`` package), batch size dynamic;
+    where ``onnxruntime`` is installed (the ``export`` extra), the file is run on ``example``
+    and on a batch of another size and checked against the eager module (``RuntimeError``
+    beyond ``atol`` times the outputs' largest magnitude, when that is above 1)."""
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -89,4 +94,15 @@ def export_onnx(module: nn.Module, path: str | Path, input_dim: int, example: Te
             opset_version=opset_version,
             dynamo=False,
         )
+    try:
+        import onnxruntime
+    except ImportError:
+        return path
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        for inputs in (example, torch.cat([example, example[:1] * 0.5])):
+            got, eager = torch.from_numpy(session.run(None, {"x": inputs.cpu().numpy()})[0]), module(inputs).cpu()
+            err = float((got - eager).abs().max())
+            if not err <= atol * max(1.0, float(eager.abs().max())):
+                raise RuntimeError(f"ONNX export differs from the eager model by {err:g} (> {atol:g})")
     return path

@@ -53,9 +53,10 @@ def split(checkpoint, seed):
         err = (model(x) - dm.y_test.to(x.dtype)).squeeze(-1).double()
     past = hidden(dm.x_test) > hidden(dm.x_train).max()
     share = lambda mask: float((err[mask].square().sum() / len(err)).sqrt())  # noqa: E731
+    largest = f" (largest error {float(err[past].abs().max()):.2e})" if past.any() else ""
     print(f"{checkpoint}: test RMSE {float(err.square().mean().sqrt()):.2e}; the {int((~past).sum())} points inside "
           f"the training range: RMSE {float(err[~past].square().mean().sqrt()):.2e}; the {int(past.sum())} past it "
-          f"contribute {share(past):.2e} (largest error {float(err[past].abs().max()):.2e})")
+          f"contribute {share(past):.2e}{largest}")
 
 
 if __name__ == "__main__":
