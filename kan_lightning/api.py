@@ -131,7 +131,7 @@ class KANTrainer:
         patience: int | None = None,
         lr_schedule: str | Callable | None = None,
         verbose: bool = True,
-        grid_update: bool | Mapping[str, Any] = True,
+        grid_update: bool | Mapping[str, Any] | None = None,
         normalize_inputs: bool = False,
         normalize_targets: bool = False,
         restore_best: bool = True,
@@ -156,6 +156,9 @@ class KANTrainer:
             verbose: progress bar and model summary; ``False`` is silent.
             grid_update: the config's grid updates (every 20 steps until step 200; a dict
                 changes :class:`~kan_lightning.lit.GridUpdate` arguments; ``False``: off).
+                ``None``: on in the first call only; a later call (or one after :meth:`load`)
+                continues the trained network without moving its knots, each of which refits
+                its splines and can undo some of the training.
             normalize_inputs, normalize_targets: fit x -> [-1, 1] and y -> mean 0, std 1 on the
                 training data (first call only); predictions stay in the original units.
             restore_best: with validation data, end with the weights of the best validation loss
@@ -176,6 +179,8 @@ class KANTrainer:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, 'full' or None, got {batch_size!r}")
         set_regularization(self.model, regularize_activation, regularize_entropy)
+        if grid_update is None:
+            grid_update = not self.history.get("epoch")
         cfg = self._config(f"scheduler={schedule_choice(lr_schedule)}", f"callbacks={'default' if patience is None else 'early_stopping'}")
         if self.normalization is None and (normalize_inputs or normalize_targets):
             self.normalization = fit_normalization(x_train.double(), y_train.double(), normalize_inputs, normalize_targets)

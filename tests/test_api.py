@@ -157,6 +157,23 @@ def test_grid_extension_keep_best_sees_the_validation_data():
     assert trainer.model.grid_size == delivered["grid"]
 
 
+def test_a_second_train_call_keeps_the_knots():
+    """Grid updates adapt the knots in the first call; a later call continues the trained
+    network as it is, unless asked (grid_update=True)."""
+    torch.manual_seed(0)
+    x, y = create_dataset(target_function, 300, 2, seed=0)
+    trainer = KANTrainer(KAN([2, 3, 1], grid_size=4), lr=0.01)
+    grids = lambda: [layer.grid.clone() for layer in trainer.model.layers]  # noqa: E731
+    start = grids()
+    trainer.train(x, y, epochs=1, batch_size=10, verbose=False)  # 30 steps: one update at step 20
+    first = grids()
+    assert not all(torch.equal(a, b) for a, b in zip(start, first))
+    trainer.train(x, y, epochs=1, batch_size=10, verbose=False)
+    assert all(torch.equal(a, b) for a, b in zip(first, grids()))
+    trainer.train(x, y, epochs=1, batch_size=10, verbose=False, grid_update=True)
+    assert not all(torch.equal(a, b) for a, b in zip(first, grids()))
+
+
 def test_64_bit_precision_gets_float64_data():
     """precision="64-true" converts a float32 network to float64: its data are not float32 roundings."""
     torch.manual_seed(0)
