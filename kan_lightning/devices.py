@@ -80,15 +80,39 @@ def device_lease(enabled: bool, accelerator: str, slots: int | None, pool_dir: s
     """For one job: ``{}`` when disabled; else hold a slot for the ``with`` block and yield
     ``{"slot", "start", "trainer"}``, where ``trainer`` holds the Trainer overrides that put the
     job on its slot (nothing on CPUs). On GPUs slot ``i`` trains on GPU ``i mod n_gpus``: more
-    slots than GPUs run several small jobs per GPU (``device_pool.slots=4`` on 2 GPUs: 2 each)."""
+    slots than GPUs run several small jobs per GPU (``device_pool.slots=4`` on 2 GPUs: 2 each).
+    On CPUs the job gets its share of the cores (:func:`cpu_share`; ``"threads"``)."""
     if not enabled:
         yield {}
         return
-    with DevicePool(pool_dir, slots).lease(timeout_s) as slot:
+    pool = DevicePool(pool_dir, slots)
+    with pool.lease(timeout_s) as slot:
         gpus = _gpu_count()
         on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
         # no GPU visible with accelerator=gpu: no override, Lightning's own error names the cause
-        yield {"slot": slot, "start": time.time(), "trainer": {"devices": [slot % gpus]} if on_gpu and gpus else {}}
+        lease = {"slot": slot, "start": time.time(), "trainer": {"devices": [slot % gpus]} if on_gpu and gpus else {}}
+        if on_gpu and gpus:
+            yield lease
+            return
+        with cpu_share(pool.slots) as threads:
+            yield lease | {"threads": threads}
+
+
+@contextmanager
+def cpu_share(slots: int) -> Iterator[int]:
+    """A CPU job's share of the cores while ``slots`` jobs run at once: torch's intra-op threads
+    set to ``cores // slots`` (at least 1) for the block, unless ``OMP_NUM_THREADS`` chose them.
+    Every job would otherwise start one thread per core: two jobs on two cores ran four threads,
+    whose OpenMP waits slow small models most when the cores are busy."""
+    import torch
+
+    before = torch.get_num_threads()
+    threads = before if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // slots)
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def _gpu_count() -> int:

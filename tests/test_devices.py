@@ -85,3 +85,22 @@ def test_slots_beyond_the_gpus_share_them_round_robin(tmp_path, monkeypatch, gpu
             lease = held.enter_context(devices.device_lease(True, "gpu", 4, str(tmp_path)))
             got.append(lease["trainer"]["devices"][0] if lease["trainer"] else None)
     assert got == expected
+
+
+def test_cpu_jobs_get_their_share_of_the_cores(tmp_path, monkeypatch):
+    """Parallel CPU jobs run cores // slots threads each, for the lease only; OMP_NUM_THREADS,
+    when set, decides instead."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(devices.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(devices, "_gpu_count", lambda: 0)
+    with devices.device_lease(True, "cpu", 4, str(tmp_path)) as lease:
+        assert lease["threads"] == torch.get_num_threads() == 2 and lease["trainer"] == {}
+    assert torch.get_num_threads() == before
+    with devices.device_lease(True, "auto", 16, str(tmp_path)) as lease:
+        assert lease["threads"] == torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with devices.device_lease(True, "cpu", 4, str(tmp_path)) as lease:
+        assert lease["threads"] == torch.get_num_threads() == before

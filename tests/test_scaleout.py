@@ -94,6 +94,8 @@ def test_parallel_sweep_leases_distinct_slots(tmp_path):
     assert overlapping, f"the jobs ran one after another: {leases}"
     assert all(a["slot"] != b["slot"] for a, b in overlapping), f"a slot was shared: {leases}"
     assert {lease["slot"] for lease in leases} == {0, 1}
+    if "OMP_NUM_THREADS" not in os.environ:  # each CPU job its half of the cores
+        assert {lease["threads"] for lease in leases} == {max(1, (os.cpu_count() or 1) // 2)}
 
 
 @pytest.mark.slow

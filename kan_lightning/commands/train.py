@@ -97,7 +97,8 @@ def _run(cfg: DictConfig, output_dir: Path, state: dict[str, Any]) -> dict[str, 
     if reports:
         record["callbacks"] = reports
     if lease:
-        record["device_lease"] = {"slot": lease["slot"], "start": lease["start"], "end": time.time()}
+        held = {"slot": lease["slot"], "start": lease["start"], "end": time.time(), "threads": lease.get("threads")}
+        record["device_lease"] = held
     if trainer.is_global_zero:
         _log_hparams(trainer, cfg, record)
         write_completed(output_dir, record)
