@@ -264,7 +264,10 @@ def datamodule_from_checkpoint(checkpoint: dict[str, Any], data_overrides: dict 
     meta = checkpoint.get("kan_lightning")
     run_config = meta.get("run_config") if isinstance(meta, dict) else None
     if not isinstance(run_config, dict) or not isinstance(run_config.get("data"), dict):
-        raise ValueError("checkpoint has no run config to rebuild its data from")
+        raise ValueError(
+            "checkpoint has no run config to rebuild its data from (kan-train's checkpoints have one; "
+            "a KANTrainer.save file does not: evaluate it in Python with load_model)"
+        )
     data_cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(run_config["data"]), data_overrides or {}), resolve=True)
     check_stored_targets({"run_config": {"data": data_cfg}}, "checkpoint")
     target = data_cfg.pop("_target_", None)
