@@ -37,11 +37,11 @@ from torch import Tensor, nn
 from kan_lightning import pipeline
 from kan_lightning.api_config import optimizer_config, schedule_choice, set_fit, set_regularization
 from kan_lightning.data.arrays import ArrayDataModule, as_2d, check_widths, create_dataset, training_arrays
-from kan_lightning.data.normalization import NormalizedModel, fit_normalization, is_identity
+from kan_lightning.data.normalization import NormalizedModel, fit_normalization, raw_units_network
 from kan_lightning.export import export_onnx, export_torchscript
 from kan_lightning.lit import History
 from kan_lightning.lit.checkpoint import model_file_record, model_from_file, read_model_file, restore_network
-from kan_lightning.lit.metrics import metrics_dtype, regression_metrics
+from kan_lightning.lit.metrics import regression_metrics
 from kan_lightning.logs import quiet_library_noise, quiet_lightning
 from kan_lightning.resolver_functions import kan_data_dtype
 from kan_lightning.transfer import transfer_weights
@@ -114,7 +114,7 @@ class KANTrainer:
     def inference_module(self) -> nn.Module:
         """Raw inputs to raw outputs: the network, wrapped in :class:`NormalizedModel` when
         training normalized the data."""
-        return self.model if is_identity(self.normalization) else NormalizedModel(self.model, self.normalization)
+        return raw_units_network(self.model, self.normalization)
 
     create_dataset = staticmethod(create_dataset)
 
@@ -241,7 +241,7 @@ class KANTrainer:
         pred = self.predict(x).detach().cpu().double()
         if pred.shape != y.shape:
             raise ValueError(f"y has shape {tuple(y.shape)}, predictions {tuple(pred.shape)}")
-        values = regression_metrics().set_dtype(metrics_dtype("cpu"))(pred, y.cpu().double())
+        values = regression_metrics().set_dtype(torch.float64)(pred, y.cpu().double())
         return {name: float(value) for name, value in values.items()}
 
     def save(self, path: str | Path) -> Path:
@@ -291,4 +291,4 @@ def load_model(path: str | Path) -> nn.Module:
     record = read_model_file(path)
     model = model_from_file(record)
     normalization = record.get("normalization")
-    return (model if is_identity(normalization) else NormalizedModel(model, normalization)).eval()
+    return raw_units_network(model, normalization).eval()

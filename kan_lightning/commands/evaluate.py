@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import kan_lightning.resolvers  # noqa: F401  (registers the configs' resolvers)
-from kan_lightning.data.normalization import NormalizedModel, denormalize_x, is_identity
+from kan_lightning.data.normalization import denormalize_x, raw_units_network
 from kan_lightning.export import export_torchscript
 from kan_lightning.lit import KANRegressor
 from kan_lightning.lit.checkpoint import SPLITS, datamodule_from_checkpoint, model_from_checkpoint, read_checkpoint
@@ -41,9 +41,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     (output_dir / "eval_metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), "metrics": metrics}, indent=2))
     if cfg.get("export_torchscript"):  # raw inputs to raw outputs, as load_model's; checked against eager
         norm = datamodule.normalization
-        network = model.eval() if is_identity(norm) else NormalizedModel(model, norm).eval()
         example = denormalize_x(datamodule.x_test[:8].double(), norm).to(next(model.parameters()).dtype)
-        export_torchscript(network, output_dir / "model.pt", example.shape[1], example)
+        export_torchscript(raw_units_network(model, norm).eval(), output_dir / "model.pt", example.shape[1], example)
     return metrics
 
 

@@ -97,8 +97,9 @@ def _run(cfg: DictConfig, output_dir: Path, state: dict[str, Any]) -> dict[str, 
     if reports:
         record["callbacks"] = reports
     if lease:
-        held = {"slot": lease["slot"], "start": lease["start"], "end": time.time(), "threads": lease.get("threads")}
-        record["device_lease"] = held
+        record["device_lease"] = {
+            "slot": lease["slot"], "start": lease["start"], "end": time.time(), "threads": lease.get("threads")
+        }
     if trainer.is_global_zero:
         _log_hparams(trainer, cfg, record)
         write_completed(output_dir, record)

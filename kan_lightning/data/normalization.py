@@ -89,3 +89,9 @@ class NormalizedModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         norm = {key: getattr(self, key) for key in NORM_KEYS}
         return denormalize_y(self.model(normalize_x(x, norm)), norm)
+
+
+def raw_units_network(model: nn.Module, normalization: Mapping[str, Tensor] | None) -> nn.Module:
+    """``model`` mapping raw inputs to raw outputs: itself when ``normalization`` is the
+    identity (or none), else wrapped in :class:`NormalizedModel`."""
+    return model if is_identity(normalization) else NormalizedModel(model, normalization)

@@ -31,13 +31,14 @@ class StackedMetrics:
         self.loss_sum += loss.detach() * batch
         self.count += batch
         err = pred - target
-        self.sq += (err * err).sum(dim=(1, 2))
+        squared = (err * err).sum(1)  # (M, out)
+        self.sq += squared.sum(-1)
         self.abs += err.abs().sum(dim=(1, 2))
         self.n += err[0].numel()
         target = target.to(self.rss.dtype)
         self.sum_obs += target.sum(1)
         self.sum_sq_obs += (target * target).sum(1)
-        self.rss += (err * err).sum(1)
+        self.rss += squared
         self.num_obs += batch
 
     def compute(self, stage: str) -> list[dict[str, float]]:

@@ -44,20 +44,18 @@ class BestStage:
         if self.record is None or self._state is None:
             rank_zero_info("GridExtension: keep_best found no finite validation RMSE; delivering the last stage")
             return
-        if last is not None and last["stage"] == self.record["stage"] and last["step"] == self.record["step"]:
-            self.measured = self.measure(trainer, pl_module)
-            return
-        model = _network(pl_module)
-        model.load_state_dict(self._state)
-        if isinstance(getattr(model, "config", None), dict) and "grid_size" in model.config:
-            model.config["grid_size"] = model.grid_size
-        _rebuild(pl_module)  # the optimizers held the last stage's parameters
+        if last is None or last["stage"] != self.record["stage"] or last["step"] != self.record["step"]:
+            model = _network(pl_module)
+            model.load_state_dict(self._state)
+            if isinstance(getattr(model, "config", None), dict) and "grid_size" in model.config:
+                model.config["grid_size"] = model.grid_size
+            _rebuild(pl_module)  # the optimizers held the last stage's parameters
+            rank_zero_info(
+                f"GridExtension: delivering stage {self.record['stage']} (grid {self.record['grid']}, "
+                f"val RMSE {self.record['val/rmse']:.4g}); the last stage had val RMSE "
+                f"{(last or {}).get('val/rmse', math.nan):.4g}"
+            )
         self.measured = self.measure(trainer, pl_module)
-        rank_zero_info(
-            f"GridExtension: delivering stage {self.record['stage']} (grid {self.record['grid']}, "
-            f"val RMSE {self.record['val/rmse']:.4g}); the last stage had val RMSE "
-            f"{(last or {}).get('val/rmse', math.nan):.4g}"
-        )
 
     @staticmethod
     def measure(trainer, pl_module) -> dict[str, float]:
