@@ -327,6 +327,17 @@ def test_onnx_export(tmp_path):
     assert torch.allclose(torch.from_numpy(onnx_out), eager.to(torch.float32), atol=1e-5)
 
 
+def test_onnx_export_is_checked_against_the_eager_network(tmp_path):
+    """The exported file is run with onnxruntime and compared (a tolerance nothing meets fails)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from kan_lightning.export import export_onnx
+
+    x = torch.rand(4, 2) * 2 - 1
+    with pytest.raises(RuntimeError, match="ONNX export differs from the eager model"):
+        export_onnx(KAN([2, 3, 1]), tmp_path / "kan.onnx", 2, x, atol=-1.0)
+
+
 def test_onnx_missing_is_a_clear_error(tmp_path):
     try:
         import onnx  # noqa: F401
