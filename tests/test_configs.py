@@ -36,6 +36,7 @@ def test_group_option_composes_and_targets_accept_keys(make_cfg, group, option):
     overrides = {
         "data/formula": ["data=formula", "data.formula=x0*x1"],
         "fit/lm": ["experiment=paper_grid_extension", "fit=lm"],  # a fit of grid-extension stages
+        "fit/lm_fast": ["experiment=paper_grid_extension", "fit=lm_fast"],
     }.get(f"{group}/{option}", [])
     cfg = make_cfg(*(overrides or [f"{group}={option}"]))
     assert check_targets(cfg) >= 3  # model, data, trainer at least

@@ -302,6 +302,18 @@ def test_fit_lm_changes_only_the_fit_and_takes_ten_steps_per_grid(make_cfg, expe
     assert make_cfg(f"experiment={experiment}", "fit=lm", "trainer.max_epochs=120").trainer.max_epochs == 120
 
 
+@pytest.mark.parametrize("experiment", ["feynman", "special_functions"])
+def test_fit_lm_fast_is_fit_lm_with_a_shorter_fit(make_cfg, experiment):
+    to_200 = "callbacks.grid_extension.grids=[3,5,10,20,50,100,200]"
+    lm, fast = make_cfg(f"experiment={experiment}", "fit=lm", to_200), make_cfg(f"experiment={experiment}", "fit=lm_fast", to_200)
+    assert fast.data == lm.data and fast.model == lm.model and fast.task_name == lm.task_name
+    assert fast.trainer.max_epochs == 35 and fast.callbacks.grid_update.stop_step == 5
+    ext, lm_ext = fast.callbacks.grid_extension, lm.callbacks.grid_extension
+    assert (ext.polish_iterations, ext.polish_patience) == (40, 10) and lm_ext.polish_patience is None
+    assert ext.stage_patience == lm_ext.stage_patience == 1 and ext.polish_smoothness == lm_ext.polish_smoothness
+    assert fast.callbacks.multi_start.restarts == 1
+
+
 def test_paper_grid_extension_lm_is_the_toy_with_fit_lm(make_cfg):
     preset, composed = make_cfg("experiment=paper_grid_extension_lm"), make_cfg("experiment=paper_grid_extension", "fit=lm")
     assert preset.task_name == "paper_grid_extension_lm"

@@ -337,9 +337,12 @@ def test_bench_layer_mode_writes_json(tmp_path, monkeypatch) -> None:
     assert data["mode"] == "layer" and len(data["results"]) == 2
     first = data["results"][0]
     assert first["auto_contraction"] == ["dense", "dense"]  # tiny batch: dense
-    for name in ("fast-auto", "fast-dense", "fast-local", "fast-fused", "reference", "mlp", "floor"):
+    for name in ("fast-auto", "fast-dense", "fast-local", "fast-fused", "reference", "mlp", "floor", "floor+base"):
         rec = first["variants"][name]
         assert rec["fwd_bwd_ms"] > 0 and rec["memory_bytes"] > 0
+    # the base branch's columns: one more per input than the splines' G + k
+    floors = bench_layer.make_variants([4, 6, 2], 5, 3, 32, torch.float32, "cpu")[0]
+    assert [w.shape[0] for w in floors["floor+base"].weights] == [4 * 9, 6 * 9]
     assert first["variants"]["reference"]["vs_reference"] == 1.0
     assert "| shape |" in result["markdown"]
 

@@ -21,7 +21,9 @@ TIMES_CAPTION = (
     "requiring grad for every model (so every layer computes dL/dx, as the floor's dL/dA). "
     "Ratios are fwd+bwd against the reference KAN (`basis=\"reference\"`: full-grid Cox-de Boor, "
     "autograd through the recursion) and against the dense-matmul floor (per layer "
-    "`(N, in*(G+k)) @ (in*(G+k), out)`, both operands requiring grad: 3 matmuls per layer)."
+    "`(N, in*(G+k)) @ (in*(G+k), out)`, both operands requiring grad: 3 matmuls per layer). "
+    "`floor+base`: the same with `G + k + 1` columns per input, the floor of a layer that also "
+    "has a base branch `b(x) @ W_b` (its product fused into the splines' one)."
 )
 MEMORY_CAPTION = {
     "cpu": (
@@ -86,6 +88,7 @@ def _make_variants(widths, grid, order, batch, dtype, device, peers=()) -> tuple
     variants["reference"] = KAN(widths, grid_size=grid, spline_order=order, basis="reference").to(device=device, dtype=dtype)
     variants["mlp"] = MLP(widths).to(device=device, dtype=dtype)
     variants["floor"] = DenseFloor(widths, grid + order, batch, dtype, device)
+    variants["floor+base"] = DenseFloor(widths, grid + order + 1, batch, dtype, device)
     missing = {}
     for name in peers:
         try:
@@ -235,14 +238,14 @@ def markdown_peers(results: list[dict]) -> str:
     if not results or not results[0].get("peers"):
         return ""
     names = list(results[0]["peers"])
-    header = ["shape", "batch", "threads", "dtype", "ours", "fused", "floor", *names, "ours / best peer",
+    header = ["shape", "batch", "threads", "dtype", "ours", "fused", "floor", "floor+base", *names, "ours / best peer",
               "fused / best peer",
               *[f"{n} max Δ (rel)" for n in names if n in bench_peers.SAME_FUNCTION]]
     lines = [PEER_CAPTION, "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for res in results:
         variants = res["variants"]
         cells = [f"{res['widths']} G={res['grid']}", str(res["batch"]), str(res["threads"]), res["dtype"],
-                 *(f"{variants[v]['fwd_bwd_ms']:.2f}" for v in ("fast-auto", "fast-fused", "floor"))]
+                 *(f"{variants[v]['fwd_bwd_ms']:.2f}" for v in ("fast-auto", "fast-fused", "floor", "floor+base"))]
         times = {}
         for name in names:
             if name in variants:
