@@ -43,6 +43,7 @@ NOT_RUN = {
     "sweeps/feynman_lm": "Results: needs the full sweeps",
     "sweeps/feynman_pruned": "Results: needs the full sweeps",
     "sweeps/feynman_full": "Results: needs the full sweeps",
+    "sweeps/feynman_fast": "Results: needs the full sweep",
     "sweeps/special_lm": "Results: needs the full sweeps",
     "sweeps/special_full": "Results: needs the full sweeps",
     "sweeps/feyn_ab": "Results: needs the full sweeps",
