@@ -30,21 +30,35 @@ def _case(kind: str, k: int = 3):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("base", [False, True], ids=["splines", "with-base"])
 @pytest.mark.parametrize("kind", ["uniform", "random"])
-def test_compiled_matches_dense_and_gradcheck(kind) -> None:
+def test_compiled_matches_dense_and_gradcheck(kind, base) -> None:
     """Compiled: the eager dense kernel's outputs and gradients to float64 rounding (the dense
-    kernel matches scipy to 1e-12 in test_kernels.py), and float64 gradcheck."""
+    kernel matches scipy to 1e-12 in test_kernels.py), and float64 gradcheck; ``base``: with the
+    SiLU base branch in the product (the dense kernel adds it apart)."""
     grid, x, coef, uniform = _case(kind)
+    weight = torch.randn(4, 3, dtype=torch.float64, requires_grad=True) if base else None
+    params = (x, coef, weight) if base else (x, coef)
     results = []
     for contraction in ("dense", "fused"):
-        out = spline_contract(x, grid, coef, 3, uniform=uniform, contraction=contraction)
-        grads = torch.autograd.grad((out * torch.arange(4.0, dtype=out.dtype)).sum(), (x, coef))
+        out = spline_contract(x, grid, coef, 3, uniform=uniform, contraction=contraction, base_weight=weight)
+        grads = torch.autograd.grad((out * torch.arange(4.0, dtype=out.dtype)).sum(), params)
         results.append((out, *grads))
     assert fused.available() and fused._COMPILED
     for a, b in zip(*results):
         assert (a - b).abs().max().item() <= 1e-12
-    fn = lambda a, c: spline_contract(a, grid, c, 3, uniform=uniform, contraction="fused")  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x[:8].detach().requires_grad_(True), coef), eps=1e-6, atol=1e-7, rtol=1e-5)
+    # Non-finite inputs: NaN rows stay NaN, infinities land past the grid ends, as in the dense kernel.
+    bad = x.detach().clone()
+    bad[0, 0], bad[1, 1], bad[2, 2] = float("nan"), float("inf"), -float("inf")
+    with torch.no_grad():
+        outs = [spline_contract(bad, grid, coef, 3, uniform=uniform, contraction=c, base_weight=weight)
+                for c in ("dense", "fused")]
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-12, equal_nan=True)
+
+    def fn(a, c, w=None):
+        return spline_contract(a, grid, c, 3, uniform=uniform, contraction="fused", base_weight=w)
+
+    assert torch.autograd.gradcheck(fn, (x[:8].detach().requires_grad_(True), *params[1:]), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def test_falls_back_to_eager_when_the_compiler_is_missing(monkeypatch) -> None:

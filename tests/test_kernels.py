@@ -174,6 +174,56 @@ def test_gradcheck(k: int, kind: str, contraction: str) -> None:
 
 
 @pytest.mark.parametrize("contraction", BACKWARDS, indirect=True)
+@pytest.mark.parametrize("kind", GRIDS)
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_base_branch_in_the_contraction(k: int, kind: str, contraction: str) -> None:
+    """``base_weight``: the splines plus ``silu(x) @ W_b^T`` (the fused path: columns of one
+    product), equal to the two computed apart (the splines against scipy above, ``silu`` by
+    torch), and float64 gradcheck in x, the coefficients and ``W_b``."""
+    grid = make_grid(kind, k, grid_size=4, n_in=2)
+    uniform = kind == "uniform"
+    gen = torch.Generator().manual_seed(5)
+    x = away_from_knots(torch.rand(6, 2, generator=gen, dtype=torch.float64) * 2.4 - 1.2, grid, gap=1e-3)
+    coef = random_coef(3, grid, k)
+    weight = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    joint = spline_contract(x, grid, coef, k, uniform=uniform, contraction=contraction, base_weight=weight)
+    apart = spline_contract(x, grid, coef, k, uniform=uniform, contraction="dense") + torch.nn.functional.silu(x) @ weight.T
+    assert (joint - apart).abs().max().item() <= 1e-13
+
+    def fn(inp, c, w):
+        return spline_contract(inp, grid, c, k, uniform=uniform, contraction=contraction, base_weight=w)
+
+    inputs = (x.requires_grad_(True), coef.requires_grad_(True), weight.requires_grad_(True))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"base_weight \(out, in\) = \(3, 2\), got \(2, 3\)"):
+        fn(x, coef, weight.T)
+
+
+@pytest.mark.parametrize("contraction", ["dense", "fused-eager"], indirect=True)
+@pytest.mark.parametrize("activation, extrapolate", [("silu", "bases"), ("tanh", "bases"), ("silu", "linear")])
+def test_layer_base_branch_joint_or_apart(activation: str, extrapolate: str, contraction: str) -> None:
+    """A layer passes its SiLU base branch into the contraction when the splines read the inputs
+    themselves; any other activation, or splines on clamped inputs, keep it apart. Either way the
+    full-grid reference layer's outputs and gradients."""
+    torch.manual_seed(3)
+    options = dict(grid_size=5, base_activation=activation, extrapolate=extrapolate)
+    fast = KANLayer(3, 4, **options).double()
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.copy_(torch.randn_like(p))
+    fast.contraction = contraction
+    ref = KANLayer(3, 4, basis="reference", **options).double()
+    ref.load_state_dict(fast.state_dict())
+    x = (torch.rand(200, 3, dtype=torch.float64) * 3 - 1.5).requires_grad_(True)
+    grads = []
+    for layer in (fast, ref):
+        out = layer(x)
+        grads.append([out, *torch.autograd.grad(out.square().sum(), [x, *layer.parameters()])])
+    for a, b in zip(*grads):
+        assert (a - b).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("contraction", BACKWARDS, indirect=True)
 def test_grad_x_finite_differences(contraction: str) -> None:
     k = 3
     grid = make_grid("random", k, grid_size=12, n_in=5)

@@ -9,7 +9,9 @@ with the bases when a backward can follow), and the ``x``-gradient (``grad_out @
 the derivatives expanded to their slots, summed over the slots) into one more. Saved for
 backward: the re-laid-out coefficients, the basis matrix and the ``k + 1`` derivatives with their
 interval index (``4 (G + 2k + 2)`` bytes per input in float32, less than the eager
-kernels' ``16 (k + 1)`` at the small grids this path is for).
+kernels' ``16 (k + 1)`` at the small grids this path is for). With a SiLU base branch
+(``base_weight``) its ``silu(x)`` is one more column block of the basis matrix and ``W_b`` one
+more of the coefficients, so the same product computes it; ``silu'(x)`` is kept for backward.
 
 The numbers are the eager kernels' (:mod:`kan_lightning.nn.bases`): the same interval
 decision from the actual knots, the same exact polynomials, zeros selected rather than
@@ -99,6 +101,46 @@ def _grad_x(derivs: Tensor, j: Tensor, dots: Tensor, spline_order: int, n_bases:
     return (dots.view_as(slopes) * slopes).sum(1)
 
 
+# -- the base branch ``silu(x) @ W_b^T`` in the same product -----------------------------------
+# One more block of ``in`` columns in the basis matrix (``silu(x)``, written by the same loops)
+# and of coefficients (``W_b``): one matmul instead of two per product, and no separate
+# activation and sum (the benchmark's [64, 64, 64] at G = 5: the base branch's own products
+# and ops cost ~10% of the whole pass, ~4% as columns of the splines' product). Separate
+# functions, not flags: dynamo's recompile limit counts per function.
+
+
+def _silu_and_slope(x: Tensor) -> tuple[Tensor, Tensor]:
+    s = torch.sigmoid(x)
+    return x * s, s * (1 + x * (1 - s))
+
+
+def _local_base(x: Tensor, grid: Tensor, tables: dict, spline_order: int, uniform: bool):
+    """:func:`_local` and ``silu(x)`` (no derivative: no backward to x follows)."""
+    return (*_local(x, grid, tables, spline_order, uniform), _silu_and_slope(x)[0], None)
+
+
+def _local_slopes_base(x: Tensor, grid: Tensor, tables: dict, spline_order: int, uniform: bool):
+    """:func:`_local_slopes` and ``silu(x)`` with its derivative."""
+    return (*_local_slopes(x, grid, tables, spline_order, uniform), *_silu_and_slope(x))
+
+
+def _expand_base(values: Tensor, j: Tensor, spline_order: int, n_bases: int, act: Tensor) -> Tensor:
+    """The dense basis matrix with ``silu(x)`` as its last ``in`` columns: ``(N, (G + k + 1) in)``."""
+    return torch.cat([_expand(values, j, spline_order, n_bases), act], 1)
+
+
+def _grad_x_base(derivs, j, dots, spline_order: int, n_bases: int, scale, act_slope: Tensor) -> Tensor:
+    """dL/dx of splines and base branch: :func:`_grad_x` on the splines' columns of ``dots``
+    (times ``scale`` where the derivatives are in grid units), plus the base block times
+    ``silu'(x)``. ``derivs`` is ``None`` for ``k = 0`` (piecewise constant splines)."""
+    n_spline = n_bases * act_slope.shape[1]
+    grad = dots[:, n_spline:] * act_slope
+    if derivs is None:
+        return grad
+    spline = _grad_x(derivs, j, dots[:, :n_spline], spline_order, n_bases)
+    return grad + (spline if scale is None else spline * scale)
+
+
 def _run(name: str, fn: Callable, *args) -> Tensor:
     """``fn`` compiled (cached per name), or eagerly once compiling has failed."""
     if _FAILED or not COMPILE:
@@ -116,7 +158,8 @@ def _run(name: str, fn: Callable, *args) -> Tensor:
 
 
 class FusedSplineContraction(torch.autograd.Function):
-    """``y = basis(x) @ coef_t.T`` with the basis and the ``x``-gradient from compiled loops.
+    """``y = basis(x) @ coef_t.T`` with the basis and the ``x``-gradient from compiled loops;
+    with ``base_weight`` (``(out, in)``), plus ``silu(x) @ base_weight.T`` in the same product.
 
     ``grad_enabled``: whether a backward can follow (``torch.is_grad_enabled()`` of the caller;
     inside ``forward`` it is always off). Only then are the ``k + 1`` derivatives computed with
@@ -124,33 +167,49 @@ class FusedSplineContraction(torch.autograd.Function):
     call and a second interval search (up to 1.5x the whole pass on small layers)."""
 
     @staticmethod
-    def forward(ctx, x, grid, coef, spline_order, uniform, grad_enabled=True):
+    def forward(ctx, x, grid, coef, base_weight, spline_order, uniform, grad_enabled=True):
         n_bases = coef.shape[-1]
         grid = grid.contiguous()
         tables = bases._grid_tables(grid, spline_order, uniform)
-        slopes = bool(grad_enabled and ctx.needs_input_grad[0] and spline_order > 0)
-        name, local = ("local_slopes", _local_slopes) if slopes else ("local", _local)
-        values, derivs, j, scale = _run(name, local, x, grid, tables, spline_order, uniform)
-        basis = _run("expand", _expand, values, j, spline_order, n_bases)
-        coef_t = coef.transpose(1, 2).reshape(coef.shape[0], -1)  # (out, (G + k) in), slot-major
-        ctx.save_for_backward(coef_t, basis, derivs, j if slopes else None, scale if slopes else None)
-        ctx.args = (spline_order, n_bases, x.shape, x.dtype)
+        base = base_weight is not None
+        need_x = bool(grad_enabled and ctx.needs_input_grad[0])
+        slopes = need_x and (spline_order > 0 or base)
+        act_slope = None
+        coef_t = coef.transpose(1, 2)  # (out, G + k, in): slot-major columns once flattened
+        if base:
+            name, local = ("local_slopes_base", _local_slopes_base) if slopes else ("local_base", _local_base)
+            values, derivs, j, scale, act, act_slope = _run(name, local, x, grid, tables, spline_order, uniform)
+            basis = _run("expand_base", _expand_base, values, j, spline_order, n_bases, act)
+            coef_t = torch.cat([coef_t, base_weight.unsqueeze(1)], 1)
+        else:
+            name, local = ("local_slopes", _local_slopes) if slopes else ("local", _local)
+            values, derivs, j, scale = _run(name, local, x, grid, tables, spline_order, uniform)
+            basis = _run("expand", _expand, values, j, spline_order, n_bases)
+        coef_t = coef_t.reshape(coef.shape[0], -1)  # (out, (G + k [+ 1]) in)
+        kept = (j, scale) if slopes and derivs is not None else (None, None)
+        ctx.save_for_backward(coef_t, basis, derivs, *kept, act_slope)
+        ctx.args = (spline_order, n_bases, x.shape, x.dtype, base)
         return basis @ coef_t.T
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        coef_t, basis, derivs, j, scale = ctx.saved_tensors
-        spline_order, n_bases, x_shape, x_dtype = ctx.args
+        coef_t, basis, derivs, j, scale, act_slope = ctx.saved_tensors
+        spline_order, n_bases, x_shape, x_dtype, base = ctx.args
         grad_out = grad_out.contiguous()
-        grad_x = grad_coef = None
+        grad_x = grad_coef = grad_base = None
         if ctx.needs_input_grad[0]:
-            if derivs is None:  # (only for k = 0) piecewise constant: zero derivative almost everywhere
+            if act_slope is not None:
+                grad_x = _run("grad_x_base", _grad_x_base, derivs, j, grad_out @ coef_t, spline_order, n_bases,
+                              scale, act_slope)
+            elif derivs is None:  # (only for k = 0) piecewise constant: zero derivative almost everywhere
                 grad_x = grad_out.new_zeros(x_shape, dtype=x_dtype)
             else:
                 grad_x = _run("grad_x", _grad_x, derivs, j, grad_out @ coef_t, spline_order, n_bases)
                 if scale is not None:
                     grad_x = grad_x * scale
-        if ctx.needs_input_grad[2]:
-            grad_coef = (grad_out.T @ basis).view(-1, n_bases, x_shape[1]).transpose(1, 2)
-        return grad_x, None, grad_coef, None, None, None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            grad_t = (grad_out.T @ basis).view(-1, n_bases + base, x_shape[1])
+            grad_coef = grad_t[:, :n_bases].transpose(1, 2)
+            grad_base = grad_t[:, n_bases] if base else None
+        return grad_x, None, grad_coef, grad_base, None, None, None

@@ -367,11 +367,14 @@ def spline_contract(
     spline_order: int,
     uniform: bool = False,
     contraction: str = "auto",
+    base_weight: Tensor | None = None,
 ) -> Tensor:
     """The spline branch of a KAN layer: ``(N, out)`` from ``x (N, in)``.
 
     ``coef`` (``(out, in, G + k)``) is used as given (fold scales and masks in beforehand; their
-    gradients then flow through autograd outside). ``uniform=True`` asserts equally spaced knots
+    gradients then flow through autograd outside). ``base_weight`` (``(out, in)``, optional):
+    also add the SiLU base branch ``silu(x) @ base_weight.T``, on the ``"fused"`` path as more
+    columns of the splines' one product. ``uniform=True`` asserts equally spaced knots
     in every row (closed-form bases). ``contraction`` is ``"auto"`` (:func:`choose_contraction`),
     ``"dense"``, ``"local"`` or ``"fused"`` (:mod:`~kan_lightning.nn.fused`: compiled on first
     use, ``"dense"`` where compiling fails). float32 and float64, any device. Half precision (float16,
@@ -385,53 +388,62 @@ def spline_contract(
             f"expected x (N, in), grid (in, G + 2k + 1), coef (out, in, G + k); got "
             f"{tuple(x.shape)}, {tuple(grid.shape)}, {tuple(coef.shape)}"
         )
+    if base_weight is not None and base_weight.shape != coef.shape[:2]:
+        raise ValueError(f"expected base_weight (out, in) = {tuple(coef.shape[:2])}, got {tuple(base_weight.shape)}")
     if grid.shape[-1] - spline_order - 1 != coef.shape[-1]:
         raise ValueError(
             f"a grid of {grid.shape[-1]} knots has {grid.shape[-1] - spline_order - 1} bases of order "
             f"{spline_order}, but coef has {coef.shape[-1]}"
         )
-    compute = _compute_dtype(x, grid, coef)
+    tensors = (x, grid, coef) if base_weight is None else (x, grid, coef, base_weight)
+    compute = _compute_dtype(*tensors)
     if contraction == "auto":
         contraction = choose_contraction(coef.shape[-1], spline_order, x.device, x.shape[0] * x.shape[1])
     out_dtype = torch.promote_types(x.dtype, coef.dtype)
-    if compute == x.dtype == grid.dtype == coef.dtype and not torch.is_autocast_enabled(x.device.type):
-        return _apply(x, grid, coef, spline_order, bool(uniform), contraction)
+    if all(t.dtype == compute for t in tensors) and not torch.is_autocast_enabled(x.device.type):
+        return _apply(x, grid, coef, spline_order, bool(uniform), contraction, base_weight)
     # Half-precision inputs (autocast, or a model converted to bf16/fp16): bases and contraction
     # in float32 with autocast off (the knot-interval search and the basis polynomials lose
     # whole intervals in 8-bit mantissas); the output in the inputs' promoted dtype, float32
     # under autocast, where the coefficients stay float32.
     if uniform and grid.dtype != compute:  # the flag was set at the half dtype's tolerance
         uniform = is_uniform(grid.to(compute))
+    if base_weight is not None:
+        base_weight = base_weight.to(compute)
     with torch.autocast(x.device.type, enabled=False):
-        out = _apply(x.to(compute), grid.to(compute), coef.to(compute), spline_order, bool(uniform), contraction)
+        out = _apply(x.to(compute), grid.to(compute), coef.to(compute), spline_order, bool(uniform), contraction,
+                     base_weight)
     return out.to(out_dtype)
 
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _compute_dtype(x: Tensor, grid: Tensor, coef: Tensor) -> torch.dtype:
-    """float32 or float64: the dtype of ``x``, ``grid`` and ``coef`` once half precision is
-    upcast to float32; a float32/float64 mix or a non-float dtype is an error."""
-    dtypes = {x.dtype, grid.dtype, coef.dtype}
-    if not dtypes <= {torch.float32, torch.float64, *_HALF}:
-        raise TypeError(f"spline_contract needs float tensors; got {x.dtype}, {grid.dtype}, {coef.dtype}")
-    full = {torch.float32 if d in _HALF else d for d in dtypes}
+def _compute_dtype(x: Tensor, grid: Tensor, coef: Tensor, *more: Tensor) -> torch.dtype:
+    """float32 or float64: the dtype of ``x``, ``grid`` and ``coef`` (and ``more``) once half
+    precision is upcast to float32; a float32/float64 mix or a non-float dtype is an error."""
+    given = [t.dtype for t in (x, grid, coef, *more)]
+    names = "x, grid, coef" + (", base_weight" if more else "")
+    got = ", ".join(str(d) for d in given)
+    if not set(given) <= {torch.float32, torch.float64, *_HALF}:
+        raise TypeError(f"spline_contract needs float tensors; got {got}")
+    full = {torch.float32 if d in _HALF else d for d in given}
     if len(full) > 1:
         raise TypeError(
-            f"spline_contract needs x, grid and coef of one dtype (float16/bfloat16 count as float32); "
-            f"got {x.dtype}, {grid.dtype}, {coef.dtype}"
+            f"spline_contract needs {names} of one dtype (float16/bfloat16 count as float32); got {got}"
         )
     return full.pop()
 
 
 @torch.compiler.disable
-def _apply(x, grid, coef, spline_order, uniform, contraction):
+def _apply(x, grid, coef, spline_order, uniform, contraction, base_weight=None):
     """The Function runs eagerly under torch.compile (a graph break on each side): its sorts,
     data-dependent bag sizes and sparse CSR products do not trace, and it is one fused unit
     already. The rest of a model still compiles."""
+    grad_enabled = torch.is_grad_enabled()
     if contraction == "fused":
         if fused.available():
-            return fused.FusedSplineContraction.apply(x, grid, coef, spline_order, uniform, torch.is_grad_enabled())
+            return fused.FusedSplineContraction.apply(x, grid, coef, base_weight, spline_order, uniform, grad_enabled)
         contraction = "dense"
-    return SplineContraction.apply(x, grid, coef, spline_order, uniform, contraction, torch.is_grad_enabled())
+    out = SplineContraction.apply(x, grid, coef, spline_order, uniform, contraction, grad_enabled)
+    return out if base_weight is None else out + F.silu(x) @ base_weight.T

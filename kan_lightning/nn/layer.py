@@ -122,22 +122,28 @@ class KANLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         flat = self._check_input(x)
-        base = self.base_activation(flat) @ (self.base_weight * self.mask).T
+        base_weight = self.base_weight * self.mask
         coef = self.scaled_coefficients()
         if self.basis == "reference":
             # Plain autograd through the full Cox-de Boor recursion (the benchmarks' baseline).
             spline = self.spline_bases(flat).flatten(1) @ coef.flatten(1).T
+            out = self.base_activation(flat) @ base_weight.T + spline
         else:
             # Only the k + 1 non-zero bases, hand-written backward (kernels.SplineContraction,
-            # or fused.FusedSplineContraction).
+            # or fused.FusedSplineContraction, which also takes a SiLU base branch into its
+            # product where the splines read the inputs themselves).
             at = self.spline_input(flat)
-            spline = spline_contract(
+            joint = self.extrapolate == "bases" and type(self.base_activation) is nn.SiLU
+            out = spline_contract(
                 at, self.grid, coef, self.spline_order, uniform=self.uniform_grid,
                 contraction=getattr(self, "contraction", "auto"),  # (layers pickled before the option)
+                base_weight=base_weight if joint else None,
             )
             if self.extrapolate == "linear":
-                spline = self._add_tangents(spline, flat, at, coef)
-        return (base + spline).reshape(*shape[:-1], self.out_features)
+                out = self._add_tangents(out, flat, at, coef)
+            if not joint:
+                out = self.base_activation(flat) @ base_weight.T + out
+        return out.reshape(*shape[:-1], self.out_features)
 
     def _add_tangents(self, spline: Tensor, x: Tensor, at: Tensor, coef: Tensor) -> Tensor:
         """``spline`` plus the tangent terms of :meth:`_tangent_bases`, computed (full-grid) only
