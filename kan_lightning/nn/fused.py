@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -116,7 +117,7 @@ def _silu_and_slope(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def _local_base(x: Tensor, grid: Tensor, tables: dict, spline_order: int, uniform: bool):
     """:func:`_local` and ``silu(x)`` (no derivative: no backward to x follows)."""
-    return (*_local(x, grid, tables, spline_order, uniform), _silu_and_slope(x)[0], None)
+    return (*_local(x, grid, tables, spline_order, uniform), F.silu(x), None)
 
 
 def _local_slopes_base(x: Tensor, grid: Tensor, tables: dict, spline_order: int, uniform: bool):
