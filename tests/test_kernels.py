@@ -197,6 +197,8 @@ def test_base_branch_in_the_contraction(k: int, kind: str, contraction: str) -> 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
     with pytest.raises(ValueError, match=r"base_weight \(out, in\) = \(3, 2\), got \(2, 3\)"):
         fn(x, coef, weight.T)
+    with pytest.raises(TypeError, match=r"x, grid, coef, base_weight of one dtype .* got torch.float64, torch.float64, torch.float64, torch.float32"):
+        fn(x, coef, weight.float())
 
 
 @pytest.mark.parametrize("contraction", ["dense", "fused-eager"], indirect=True)
