@@ -61,13 +61,45 @@ def test_compiled_matches_dense_and_gradcheck(kind, base) -> None:
     assert torch.autograd.gradcheck(fn, (x[:8].detach().requires_grad_(True), *params[1:]), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_graphs_static_per_width_then_one_for_every_batch(monkeypatch) -> None:
+    """A new width compiles a graph of its own (a graph with a symbolic width would take it
+    without compiling, and run the expansion ~35x slower); so does a new batch size until
+    ``STATIC_BATCHES`` of them, then one dynamic-batch graph takes every other. Each result is
+    the dense kernel's."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(fused, "STATIC_BATCHES", 2)
+    monkeypatch.setattr(fused, "_COMPILED", {})
+    fused.reset()
+    torch.manual_seed(0)
+
+    def graphs_compiled_by(width: int, batch: int) -> int:
+        layer = KANLayer(width, 2, grid_size=4).double()
+        x = torch.rand(batch, width, dtype=torch.float64) * 2 - 1
+        coef = torch.randn(2, width, layer.num_bases, dtype=torch.float64)
+        before = counters["stats"]["unique_graphs"]
+        with torch.no_grad():  # two compiled functions: bases, expansion
+            out = spline_contract(x, layer.grid, coef, 3, uniform=True, contraction="fused")
+        expected = spline_contract(x, layer.grid, coef, 3, uniform=True, contraction="dense")
+        assert (out - expected).abs().max().item() <= 1e-12
+        return counters["stats"]["unique_graphs"] - before
+
+    assert [graphs_compiled_by(w, 16) for w in (3, 5, 7)] == [2, 2, 2]
+    assert graphs_compiled_by(3, 16) == 0
+    assert graphs_compiled_by(7, 20) == 2  # the second batch size: static
+    assert graphs_compiled_by(7, 24) == 2  # the third: the dynamic-batch graph
+    assert [graphs_compiled_by(7, n) for n in (28, 40, 16, 20)] == [0, 0, 0, 0]
+    fused.reset()
+
+
 def test_falls_back_to_eager_when_the_compiler_is_missing(monkeypatch) -> None:
     """A C++ compiler that does not exist: one warning, then the eager kernels, same numbers."""
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(fused, "_COMPILED", {})
     monkeypatch.setattr(fused, "_FAILED", [])
-    torch._dynamo.reset()
+    fused.reset()
     grid, x, coef, uniform = _case("uniform", k=2)
     expected = spline_contract(x, grid, coef, 2, uniform=uniform, contraction="dense")
     # (inductor's config module is patched with its own context manager: monkeypatch's undo
@@ -81,7 +113,7 @@ def test_falls_back_to_eager_when_the_compiler_is_missing(monkeypatch) -> None:
         warnings.simplefilter("error")  # warned once only; now the eager dense kernel
         again = spline_contract(x, grid, coef, 2, uniform=uniform, contraction="fused")
     assert torch.equal(again, expected)
-    torch._dynamo.reset()
+    fused.reset()
 
 
 def test_derivatives_only_where_a_backward_needs_them(monkeypatch) -> None:

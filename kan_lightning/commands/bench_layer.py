@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from kan_lightning.nn import KAN, MLP
+from kan_lightning.nn import KAN, MLP, fused
 from kan_lightning.nn.kernels import choose_contraction
 
 from . import bench_peers
@@ -171,7 +171,7 @@ def bench_shape(widths, grid, args, batch: int | None = None, dtype_name: str | 
     dtype = getattr(torch, dtype_name)
     # Compiled variants (ours fused, flashkan, inkan) start afresh on every shape: compiled in the
     # warm-up, never past dynamo's recompile limit (which would leave them silently eager).
-    torch._dynamo.reset()
+    fused.reset()
     torch.manual_seed(0)
     peers = [p for p in args.peers if p != "none"]
     variants, missing = make_variants(widths, grid, args.order, batch, dtype, args.device, peers)

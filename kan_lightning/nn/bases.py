@@ -22,8 +22,11 @@ _POLYNOMIALS: dict[int, tuple[tuple[float, ...], ...]] = {}
 
 
 def _uniform_polynomials(spline_order: int) -> tuple[tuple[float, ...], ...]:
-    """Cached :func:`_uniform_polynomials_exact` (a plain dict, which torch.compile reads as a
-    constant)."""
+    """Cached :func:`_uniform_polynomials_exact`. The usual orders come from a tuple made at
+    import: a compiled caller guards on what it reads, and a cache filled by its own first
+    call would fail those guards on the second (one needless recompile per process)."""
+    if spline_order < len(_COMMON_POLYNOMIALS):
+        return _COMMON_POLYNOMIALS[spline_order]
     table = _POLYNOMIALS.get(spline_order)
     if table is None:
         table = _POLYNOMIALS[spline_order] = _uniform_polynomials_exact(spline_order)
@@ -60,6 +63,9 @@ def _uniform_polynomials_exact(spline_order: int) -> tuple[tuple[float, ...], ..
             saved = mul([Fraction(r - s - 1), Fraction(1)], temp)
         values = new + [saved]
     return tuple(tuple(float(v[p]) if p < len(v) else 0.0 for v in values) for p in range(k + 1))
+
+
+_COMMON_POLYNOMIALS = tuple(_uniform_polynomials_exact(k) for k in range(6))
 
 
 def _values_uniform(u: Tensor, spline_order: int, derivatives: bool) -> tuple[Tensor, Tensor | None]:

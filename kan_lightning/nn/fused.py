@@ -17,11 +17,14 @@ The numbers are the eager kernels' (:mod:`kan_lightning.nn.bases`): the same int
 decision from the actual knots, the same exact polynomials, zeros selected rather than
 computed, so the scipy and gradcheck tests hold for it too.
 
-Compiled lazily, on first use (never at import). Where inductor cannot compile (no C++
-compiler, an unsupported platform) the first call warns once and :func:`available` turns
-``False``; :func:`~kan_lightning.nn.kernels.spline_contract` then takes the eager ``"dense"``
-contraction. ``contraction="auto"`` takes this path for large small-grid problems on the CPU
-when a C++ compiler is on the ``PATH`` (:func:`~kan_lightning.nn.kernels.choose_contraction`).
+Compiled lazily, on first use (never at import), into graphs static in every size: each
+layer width, grid size, order and dtype compiles its own (seconds each), and so do the first
+few batch sizes of each before one dynamic-batch graph takes the rest (:func:`_run`). Where
+inductor cannot compile (no C++ compiler, an unsupported platform) the first call warns once
+and :func:`available` turns ``False``; :func:`~kan_lightning.nn.kernels.spline_contract` then
+takes the eager ``"dense"`` contraction. ``contraction="auto"`` takes this path for large
+small-grid problems on the CPU when a C++ compiler is on the ``PATH``
+(:func:`~kan_lightning.nn.kernels.choose_contraction`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ from . import bases
 COMPILE = True
 _COMPILED: dict[str, Callable] = {}
 _FAILED: list[str] = []  # the reason compiling failed, once it has
+_SEEN: set[tuple] = set()  # the argument signatures called so far (see _run)
+_BATCHES: dict[tuple, int] = {}  # per signature without the batch: how many batch sizes
+STATIC_BATCHES = 4
+RECOMPILE_LIMIT = 1024
 
 
 def available() -> bool:
@@ -54,6 +61,14 @@ def worth_choosing(device: torch.device | str) -> bool:
     (CPU only: the CUDA path is unmeasured) inductor's C++ compiler is on the ``PATH``, so
     that machines without one never try."""
     return COMPILE and available() and torch.device(device).type == "cpu" and _cpp_compiler_found()
+
+
+def reset() -> None:
+    """``torch._dynamo.reset()`` (every compiled graph of the process dropped) and this module's
+    record of the shapes it compiled, so that they are marked static again (see :func:`_run`)."""
+    torch._dynamo.reset()
+    _SEEN.clear()
+    _BATCHES.clear()
 
 
 @lru_cache(maxsize=None)
@@ -125,12 +140,12 @@ def _local_slopes_base(x: Tensor, grid: Tensor, tables: dict, spline_order: int,
     return (*_local_slopes(x, grid, tables, spline_order, uniform), *_silu_and_slope(x))
 
 
-def _expand_base(values: Tensor, j: Tensor, spline_order: int, n_bases: int, act: Tensor) -> Tensor:
+def _expand_base(values: Tensor, j: Tensor, act: Tensor, spline_order: int, n_bases: int) -> Tensor:
     """The dense basis matrix with ``silu(x)`` as its last ``in`` columns: ``(N, (G + k + 1) in)``."""
     return torch.cat([_expand(values, j, spline_order, n_bases), act], 1)
 
 
-def _grad_x_base(derivs, j, dots, spline_order: int, n_bases: int, scale, act_slope: Tensor) -> Tensor:
+def _grad_x_base(derivs, j, dots, act_slope: Tensor, spline_order: int, n_bases: int, scale) -> Tensor:
     """dL/dx of splines and base branch: :func:`_grad_x` on the splines' columns of ``dots``
     (times ``scale`` where the derivatives are in grid units), plus the base block times
     ``silu'(x)``. ``derivs`` is ``None`` for ``k = 0`` (piecewise constant splines)."""
@@ -142,20 +157,77 @@ def _grad_x_base(derivs, j, dots, spline_order: int, n_bases: int, scale, act_sl
     return grad + (spline if scale is None else spline * scale)
 
 
-def _run(name: str, fn: Callable, *args) -> Tensor:
-    """``fn`` compiled (cached per name), or eagerly once compiling has failed."""
+def _run(name: str, fn: Callable, batched: int, *args) -> Tensor:
+    """``fn`` compiled (cached per name), or eagerly once compiling has failed.
+
+    Graphs are static in every size (each compiles in seconds). Left to dynamo's automatic
+    dynamic shapes, a second layer width turned the width symbolic, and the expansion's flat
+    index arithmetic then ran per element: ~35x slower (5.5 ms instead of 0.16 ms at [64]
+    inputs, G = 5), which made a KAN [64, 128, 64] slower fused than eager. A symbolic batch
+    costs little with one thread but ~8% of a [256, 256] pass with two, so the batch (the
+    first dimension of the first ``batched`` arguments) stays static for the first
+    ``STATIC_BATCHES`` batch sizes of a shape (the training batch, the last one, the
+    evaluation's), and one dynamic-batch graph serves the rest. Shapes are marked on their
+    first call only (marks matter only when compiling), and dynamo's recompile limit (8 per
+    function, then eager) is lifted for these functions: a sweep meets many shapes in one
+    process."""
     if _FAILED or not COMPILE:
         return fn(*args)
     compiled = _COMPILED.get(name)
     if compiled is None:
-        compiled = _COMPILED[name] = torch.compile(fn, dynamic=None)
+        compiled = _COMPILED[name] = torch.compile(fn)
+    signature = (*(_static_signature(arg) for arg in args), *_global_state())
     try:
-        return compiled(*args)
+        if (name, signature) in _SEEN:
+            return compiled(*args)
+        shape = (name, *(_without_batch(s) if i < batched else s for i, s in enumerate(signature)))
+        _mark(args, batched if _BATCHES.get(shape, 0) >= STATIC_BATCHES else 0)
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
+                                        accumulated_recompile_limit=RECOMPILE_LIMIT):
+            out = compiled(*args)
+        _SEEN.add((name, signature))
+        _BATCHES[shape] = _BATCHES.get(shape, 0) + 1
+        return out
     except Exception as exc:  # no C++ compiler, or inductor cannot build this
         _FAILED.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         warnings.warn(f"the fused spline kernel could not be compiled ({_FAILED[0]}); using the eager kernels",
                       RuntimeWarning, stacklevel=2)
         return fn(*args)
+
+
+def _mark(args: tuple, dynamic: int) -> None:
+    """Mark each tensor of ``args`` (in a dict too) static in every dimension, but for a dynamic
+    batch in the first ``dynamic`` arguments (dynamo's marks: attributes of the tensors, read
+    when compiling)."""
+    for i, arg in enumerate(args):
+        for t in arg.values() if isinstance(arg, dict) else (arg,):
+            if isinstance(t, Tensor):
+                batch = i < dynamic
+                torch._dynamo.mark_static(t, list(range(batch, t.dim())))
+                if batch:
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
+
+
+def _static_signature(arg):
+    """What of ``arg`` a static graph is specialized on (what dynamo guards): a tensor's shape,
+    strides, dtype, device and ``requires_grad``; a Python value itself. Dicts hold the grid's
+    tables, fixed by the grid and the other arguments."""
+    if isinstance(arg, Tensor):
+        return arg.shape, arg.stride(), arg.dtype, arg.device, arg.requires_grad
+    return None if isinstance(arg, dict) else arg
+
+
+def _global_state() -> tuple:
+    """The global settings a compiled graph guards on that can differ between calls of the
+    same arguments (grad mode: the kernels run with it off inside the autograd Function, on
+    when called directly)."""
+    return (torch.is_grad_enabled(), torch.get_num_threads(), torch.get_default_dtype(),
+            torch.are_deterministic_algorithms_enabled())
+
+
+def _without_batch(signature):
+    """A batched argument's signature with the batch left out (``None``: no tensor)."""
+    return signature if signature is None else (signature[0][1:], signature[1][1:], *signature[2:])
 
 
 class FusedSplineContraction(torch.autograd.Function):
@@ -179,13 +251,13 @@ class FusedSplineContraction(torch.autograd.Function):
         coef_t = coef.transpose(1, 2)  # (out, G + k, in): slot-major columns once flattened
         if base:
             name, local = ("local_slopes_base", _local_slopes_base) if slopes else ("local_base", _local_base)
-            values, derivs, j, scale, act, act_slope = _run(name, local, x, grid, tables, spline_order, uniform)
-            basis = _run("expand_base", _expand_base, values, j, spline_order, n_bases, act)
+            values, derivs, j, scale, act, act_slope = _run(name, local, 1, x, grid, tables, spline_order, uniform)
+            basis = _run("expand_base", _expand_base, 3, values, j, act, spline_order, n_bases)
             coef_t = torch.cat([coef_t, base_weight.unsqueeze(1)], 1)
         else:
             name, local = ("local_slopes", _local_slopes) if slopes else ("local", _local)
-            values, derivs, j, scale = _run(name, local, x, grid, tables, spline_order, uniform)
-            basis = _run("expand", _expand, values, j, spline_order, n_bases)
+            values, derivs, j, scale = _run(name, local, 1, x, grid, tables, spline_order, uniform)
+            basis = _run("expand", _expand, 2, values, j, spline_order, n_bases)
         coef_t = coef_t.reshape(coef.shape[0], -1)  # (out, (G + k [+ 1]) in)
         kept = (j, scale) if slopes and derivs is not None else (None, None)
         ctx.save_for_backward(coef_t, basis, derivs, *kept, act_slope)
@@ -201,12 +273,12 @@ class FusedSplineContraction(torch.autograd.Function):
         grad_x = grad_coef = grad_base = None
         if ctx.needs_input_grad[0]:
             if act_slope is not None:
-                grad_x = _run("grad_x_base", _grad_x_base, derivs, j, grad_out @ coef_t, spline_order, n_bases,
-                              scale, act_slope)
+                grad_x = _run("grad_x_base", _grad_x_base, 4, derivs, j, grad_out @ coef_t, act_slope, spline_order,
+                              n_bases, scale)
             elif derivs is None:  # (only for k = 0) piecewise constant: zero derivative almost everywhere
                 grad_x = grad_out.new_zeros(x_shape, dtype=x_dtype)
             else:
-                grad_x = _run("grad_x", _grad_x, derivs, j, grad_out @ coef_t, spline_order, n_bases)
+                grad_x = _run("grad_x", _grad_x, 3, derivs, j, grad_out @ coef_t, spline_order, n_bases)
                 if scale is not None:
                     grad_x = grad_x * scale
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
