@@ -74,23 +74,29 @@ def test_graphs_static_per_width_then_one_for_every_batch(monkeypatch) -> None:
     fused.reset()
     torch.manual_seed(0)
 
-    def graphs_compiled_by(width: int, batch: int) -> int:
+    def graphs_compiled_by(width: int, batch: int, evaluation=torch.no_grad) -> int:
         layer = KANLayer(width, 2, grid_size=4).double()
-        x = torch.rand(batch, width, dtype=torch.float64) * 2 - 1
         coef = torch.randn(2, width, layer.num_bases, dtype=torch.float64)
         before = counters["stats"]["unique_graphs"]
-        with torch.no_grad():  # two compiled functions: bases, expansion
+        with evaluation():  # two compiled functions: bases, expansion
+            x = torch.rand(batch, width, dtype=torch.float64) * 2 - 1
             out = spline_contract(x, layer.grid, coef, 3, uniform=True, contraction="fused")
         expected = spline_contract(x, layer.grid, coef, 3, uniform=True, contraction="dense")
         assert (out - expected).abs().max().item() <= 1e-12
         return counters["stats"]["unique_graphs"] - before
 
-    assert [graphs_compiled_by(w, 16) for w in (3, 5, 7)] == [2, 2, 2]
-    assert graphs_compiled_by(3, 16) == 0
-    assert graphs_compiled_by(7, 20) == 2  # the second batch size: static
-    assert graphs_compiled_by(7, 24) == 2  # the third: the dynamic-batch graph
-    assert [graphs_compiled_by(7, n) for n in (28, 40, 16, 20)] == [0, 0, 0, 0]
-    fused.reset()
+    try:
+        assert [graphs_compiled_by(w, 16) for w in (3, 5, 7)] == [2, 2, 2]
+        assert graphs_compiled_by(3, 16) == 0
+        assert graphs_compiled_by(7, 20) == 2  # the second batch size: static
+        assert graphs_compiled_by(7, 24) == 2  # the third: the dynamic-batch graph
+        assert [graphs_compiled_by(7, n) for n in (28, 40, 16, 20)] == [0, 0, 0, 0]
+        # inference tensors (Lightning evaluates under inference_mode): graphs of their own
+        assert [graphs_compiled_by(w, 16, torch.inference_mode) for w in (3, 5, 7, 3)] == [2, 2, 2, 0]
+        torch._dynamo.reset()  # from outside: every graph dropped, the shapes marked afresh
+        assert [graphs_compiled_by(w, 16) for w in (3, 5, 7)] == [2, 2, 2]
+    finally:
+        fused.reset()
 
 
 def test_falls_back_to_eager_when_the_compiler_is_missing(monkeypatch) -> None:

@@ -30,22 +30,26 @@ small-grid problems on the CPU when a C++ compiler is on the ``PATH``
 from __future__ import annotations
 
 import shutil
+import types
 import warnings
 from functools import lru_cache
+from types import CodeType
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch._C._dynamo.guards import GlobalStateGuard
 from torch.autograd.function import once_differentiable
 
 from . import bases
 
 # False: run the same functions eagerly (tests of the numbers without compile time; debugging).
 COMPILE = True
-_COMPILED: dict[str, Callable] = {}
+_COMPILED: dict[tuple[str, bool], tuple[Callable, CodeType]] = {}  # (name, dynamic batch) -> compiled, code
 _FAILED: list[str] = []  # the reason compiling failed, once it has
-_SEEN: set[tuple] = set()  # the argument signatures called so far (see _run)
+# argument signature -> (global state guard, compiled function, its code) of each compiled call
+_SEEN: dict[tuple, list[tuple[GlobalStateGuard, Callable, CodeType]]] = {}
 _BATCHES: dict[tuple, int] = {}  # per signature without the batch: how many batch sizes
 STATIC_BATCHES = 4
 RECOMPILE_LIMIT = 1024
@@ -67,8 +71,7 @@ def reset() -> None:
     """``torch._dynamo.reset()`` (every compiled graph of the process dropped) and this module's
     record of the shapes it compiled, so that they are marked static again (see :func:`_run`)."""
     torch._dynamo.reset()
-    _SEEN.clear()
-    _BATCHES.clear()
+    _forget()
 
 
 @lru_cache(maxsize=None)
@@ -158,7 +161,7 @@ def _grad_x_base(derivs, j, dots, act_slope: Tensor, spline_order: int, n_bases:
 
 
 def _run(name: str, fn: Callable, batched: int, *args) -> Tensor:
-    """``fn`` compiled (cached per name), or eagerly once compiling has failed.
+    """``fn`` compiled, or eagerly once compiling has failed.
 
     Graphs are static in every size (each compiles in seconds). Left to dynamo's automatic
     dynamic shapes, a second layer width turned the width symbolic, and the expansion's flat
@@ -167,38 +170,67 @@ def _run(name: str, fn: Callable, batched: int, *args) -> Tensor:
     costs little with one thread but ~8% of a [256, 256] pass with two, so the batch (the
     first dimension of the first ``batched`` arguments) stays static for the first
     ``STATIC_BATCHES`` batch sizes of a shape (the training batch, the last one, the
-    evaluation's), and one dynamic-batch graph serves the rest. Shapes are marked on their
-    first call only (marks matter only when compiling), and dynamo's recompile limit (8 per
-    function, then eager) is lifted for these functions: a sweep meets many shapes in one
-    process."""
+    evaluation's); one dynamic-batch graph, compiled from a copy of ``fn`` (dynamo tries a
+    function's newest graph first, which would shadow the static ones), serves the rest.
+
+    Compiling happens only for a new argument signature (everything dynamo guards on: see
+    :func:`_static_signature`, and its global state), with the dimensions marked and dynamo's
+    recompile limit (8 per function, then eager) lifted for these functions: a sweep meets
+    many shapes in one process. A signature seen before runs its graph directly."""
     if _FAILED or not COMPILE:
         return fn(*args)
-    compiled = _COMPILED.get(name)
-    if compiled is None:
-        compiled = _COMPILED[name] = torch.compile(fn)
-    signature = (*(_static_signature(arg) for arg in args), *_global_state())
-    try:
-        if (name, signature) in _SEEN:
+    signature = (name, *(_static_signature(arg) for arg in args))
+    for state, compiled, code in _SEEN.get(signature, ()):
+        if state.check():
+            if _graphs_dropped(code):  # torch._dynamo.reset() from outside: start afresh
+                _forget()
+                break
             return compiled(*args)
-        shape = (name, *(_without_batch(s) if i < batched else s for i, s in enumerate(signature)))
-        _mark(args, batched if _BATCHES.get(shape, 0) >= STATIC_BATCHES else 0)
+    shape = (*signature[:1], *(_without_batch(s) if i < batched else s for i, s in enumerate(signature[1:])))
+    dynamic = _BATCHES.get(shape, 0) >= STATIC_BATCHES
+    compiled, code = _compiled(name, fn, dynamic)
+    _mark(args, batched if dynamic else 0)
+    try:
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
                                         accumulated_recompile_limit=RECOMPILE_LIMIT):
             out = compiled(*args)
-        _SEEN.add((name, signature))
-        _BATCHES[shape] = _BATCHES.get(shape, 0) + 1
-        return out
     except Exception as exc:  # no C++ compiler, or inductor cannot build this
         _FAILED.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         warnings.warn(f"the fused spline kernel could not be compiled ({_FAILED[0]}); using the eager kernels",
                       RuntimeWarning, stacklevel=2)
         return fn(*args)
+    _SEEN.setdefault(signature, []).append((GlobalStateGuard(), compiled, code))
+    _BATCHES[shape] = _BATCHES.get(shape, 0) + 1
+    return out
+
+
+def _compiled(name: str, fn: Callable, dynamic_batch: bool) -> tuple[Callable, CodeType]:
+    """The compiled function for ``name``, and the code object dynamo keeps its graphs on. The
+    dynamic-batch one compiles a copy of ``fn`` with a code object of its own."""
+    entry = _COMPILED.get((name, dynamic_batch))
+    if entry is None:
+        if dynamic_batch:
+            fn = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                                    fn.__closure__)
+        entry = _COMPILED[(name, dynamic_batch)] = (torch.compile(fn), fn.__code__)
+    return entry
+
+
+def _graphs_dropped(code: CodeType) -> bool:
+    """Whether dynamo holds no graph for ``code`` any more (``torch._dynamo.reset()``)."""
+    entries = getattr(torch._C._dynamo.eval_frame, "_debug_get_cache_entry_list", None)
+    return entries is not None and not entries(code)
+
+
+def _forget() -> None:
+    _SEEN.clear()
+    _BATCHES.clear()
 
 
 def _mark(args: tuple, dynamic: int) -> None:
     """Mark each tensor of ``args`` (in a dict too) static in every dimension, but for a dynamic
     batch in the first ``dynamic`` arguments (dynamo's marks: attributes of the tensors, read
-    when compiling)."""
+    when it compiles)."""
     for i, arg in enumerate(args):
         for t in arg.values() if isinstance(arg, dict) else (arg,):
             if isinstance(t, Tensor):
@@ -210,19 +242,15 @@ def _mark(args: tuple, dynamic: int) -> None:
 
 def _static_signature(arg):
     """What of ``arg`` a static graph is specialized on (what dynamo guards): a tensor's shape,
-    strides, dtype, device and ``requires_grad``; a Python value itself. Dicts hold the grid's
-    tables, fixed by the grid and the other arguments."""
+    strides, dtype, device, ``requires_grad`` and whether it is an inference tensor (made under
+    ``torch.inference_mode``, as Lightning evaluates); a Python value itself; of a dict (the
+    grid's tables, whose tensors the grid fixes), its other values, and which uniform
+    polynomial tables are cached (:func:`bases._uniform_polynomials`, read while tracing)."""
     if isinstance(arg, Tensor):
-        return arg.shape, arg.stride(), arg.dtype, arg.device, arg.requires_grad
-    return None if isinstance(arg, dict) else arg
-
-
-def _global_state() -> tuple:
-    """The global settings a compiled graph guards on that can differ between calls of the
-    same arguments (grad mode: the kernels run with it off inside the autograd Function, on
-    when called directly)."""
-    return (torch.is_grad_enabled(), torch.get_num_threads(), torch.get_default_dtype(),
-            torch.are_deterministic_algorithms_enabled())
+        return arg.shape, arg.stride(), arg.dtype, arg.device, arg.requires_grad, arg.is_inference()
+    if isinstance(arg, dict):
+        return (*((k, v) for k, v in arg.items() if not isinstance(v, Tensor)), len(bases._POLYNOMIALS))
+    return arg
 
 
 def _without_batch(signature):
