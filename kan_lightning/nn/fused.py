@@ -186,7 +186,7 @@ def _run(name: str, fn: Callable, batched: int, *args) -> Tensor:
                 _forget()
                 break
             return compiled(*args)
-    shape = (*signature[:1], *(_without_batch(s) if i < batched else s for i, s in enumerate(signature[1:])))
+    shape = (name, *(_without_batch(s) if i < batched else s for i, s in enumerate(signature[1:])))
     dynamic = _BATCHES.get(shape, 0) >= STATIC_BATCHES
     compiled, code = _compiled(name, fn, dynamic)
     _mark(args, batched if dynamic else 0)
